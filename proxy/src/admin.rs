@@ -1,0 +1,113 @@
+//! Admin (127.0.0.1:15000, for operators inside the pod) and readiness
+//! (15021, for the kubelet). Plain HTTP/1.1, off the data path.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use crate::context::ProxyContext;
+use crate::http::{Body, full_body};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    Admin,
+    Readiness,
+}
+
+pub struct AdminServer {
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+    role: Role,
+}
+
+impl AdminServer {
+    pub fn new(listener: TcpListener, ctx: Arc<ProxyContext>, role: Role) -> Self {
+        AdminServer {
+            listener,
+            ctx,
+            role,
+        }
+    }
+
+    pub async fn run(self) {
+        loop {
+            let Ok((stream, _)) = self.listener.accept().await else {
+                continue;
+            };
+            let ctx = self.ctx.clone();
+            let role = self.role;
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let ctx = ctx.clone();
+                    async move { Ok::<_, Infallible>(respond(&ctx, role, &req)) }
+                });
+                if let Err(e) = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!(error = %e, "admin connection ended");
+                }
+            });
+        }
+    }
+}
+
+fn respond(ctx: &ProxyContext, role: Role, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    match (role, req.uri().path()) {
+        (_, "/healthz/ready") | (Role::Admin, "/ready") => {
+            if ctx.is_ready() {
+                text(StatusCode::OK, "ready\n".into())
+            } else if !ctx.config.has_config() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: waiting for the first config from the control plane\n".into(),
+                )
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: listeners not bound\n".into(),
+                )
+            }
+        }
+        (Role::Admin, "/config_dump") => json(&*ctx.config.load()),
+        (Role::Admin, "/stats") => json(&serde_json::json!({ "counters": ctx.stats.to_map() })),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(full_body(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response<Body> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => {
+            let mut resp = Response::new(full_body(body));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode: {e}\n"),
+        ),
+    }
+}

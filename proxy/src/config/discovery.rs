@@ -1,0 +1,135 @@
+//! The proxy's end of `Discovery.Stream`: connect (with backoff), say who
+//! we are, then for every response validate → publish → ACK, or NACK and
+//! keep the last good snapshot. Losing the control plane never stops the
+//! data path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use knit_proto::v1::{self, discovery_client::DiscoveryClient};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tracing::{info, warn};
+
+use super::backoff::Backoff;
+use super::snapshot::Snapshot;
+use crate::context::ProxyContext;
+use crate::error::Error;
+use crate::stats::inc;
+
+pub struct ControlPlaneClient {
+    endpoint: Endpoint,
+    node: v1::Node,
+    ctx: Arc<ProxyContext>,
+}
+
+/// Why one stream ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    #[error("connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("the server closed the stream")]
+    Closed,
+}
+
+impl ControlPlaneClient {
+    pub fn new(url: &str, node: v1::Node, ctx: Arc<ProxyContext>) -> Result<Self, Error> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| Error::ControlPlaneAddress(url.to_owned(), e.to_string()))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(5));
+        Ok(ControlPlaneClient {
+            endpoint,
+            node,
+            ctx,
+        })
+    }
+
+    /// Runs forever: reconnects after every failure.
+    pub async fn run(self) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
+        loop {
+            match self.stream_once(&mut backoff).await {
+                Ok(()) | Err(StreamEnd::Closed) => {
+                    info!("control plane stream ended; reconnecting")
+                }
+                Err(e) => {
+                    warn!(error = %e, control_plane = %self.endpoint.uri(), "control plane unavailable; serving last good config")
+                }
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    async fn stream_once(&self, backoff: &mut Backoff) -> Result<(), StreamEnd> {
+        let channel = self.endpoint.connect().await?;
+        let mut client = DiscoveryClient::new(channel);
+        let (requests, rx) = mpsc::channel(4);
+        let hello = v1::DiscoveryRequest {
+            node: Some(self.node.clone()),
+            version_info: self.ctx.config.load().version.clone(),
+            ..Default::default()
+        };
+        // The receiver is alive until `client.stream` drops it.
+        let _ = requests.send(hello).await;
+        let mut responses = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+        inc(&self.ctx.stats.control_plane_connects);
+        info!(control_plane = %self.endpoint.uri(), "connected to control plane");
+        while let Some(resp) = responses.message().await? {
+            backoff.reset();
+            let reply = self.apply(&resp);
+            if requests.send(reply).await.is_err() {
+                return Err(StreamEnd::Closed);
+            }
+        }
+        Err(StreamEnd::Closed)
+    }
+
+    /// Validates and publishes one response; returns the ACK or NACK.
+    fn apply(&self, resp: &v1::DiscoveryResponse) -> v1::DiscoveryRequest {
+        let current = self.ctx.config.load().version.clone();
+        let unchanged = self.ctx.config.has_config() && resp.version_info == current;
+        let outcome = if unchanged {
+            Ok(None)
+        } else {
+            Snapshot::from_proto(resp).map(Some)
+        };
+        match outcome {
+            Ok(snapshot) => {
+                if let Some(snapshot) = snapshot {
+                    info!(
+                        version = %resp.version_info,
+                        services = snapshot.services.len(),
+                        endpoints = snapshot.endpoint_count(),
+                        "config accepted"
+                    );
+                    self.ctx.config.publish(snapshot);
+                    inc(&self.ctx.stats.config_updates_accepted);
+                }
+                v1::DiscoveryRequest {
+                    node: None,
+                    version_info: resp.version_info.clone(),
+                    response_nonce: resp.nonce.clone(),
+                    error_detail: None,
+                }
+            }
+            Err(e) => {
+                warn!(version = %resp.version_info, error = %e, "config rejected; keeping version {current:?}");
+                inc(&self.ctx.stats.config_updates_rejected);
+                v1::DiscoveryRequest {
+                    node: None,
+                    version_info: current,
+                    response_nonce: resp.nonce.clone(),
+                    error_detail: Some(v1::ErrorDetail {
+                        message: e.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+}

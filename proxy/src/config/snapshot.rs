@@ -1,0 +1,370 @@
+//! The immutable, validated config the data path reads. Built from a
+//! `DiscoveryResponse` off the data path; published with `ArcSwap`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use knit_proto::v1;
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// How a service port carries traffic, as declared. `Detect` means sniff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeclaredProtocol {
+    Detect,
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+    Tls,
+}
+
+impl DeclaredProtocol {
+    fn from_proto(value: i32) -> Result<Self, String> {
+        match v1::Protocol::try_from(value) {
+            Ok(v1::Protocol::Unspecified) => Ok(Self::Detect),
+            Ok(v1::Protocol::Http) => Ok(Self::Http),
+            Ok(v1::Protocol::Http2) => Ok(Self::Http2),
+            Ok(v1::Protocol::Grpc) => Ok(Self::Grpc),
+            Ok(v1::Protocol::Tcp) => Ok(Self::Tcp),
+            Ok(v1::Protocol::Tls) => Ok(Self::Tls),
+            Err(_) => Err(format!("unknown protocol {value}")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub workload: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+/// One port of one service: everything the outbound path needs after the
+/// VIP:port lookup.
+#[derive(Debug, Serialize)]
+pub struct ServiceTarget {
+    /// `namespace/name`.
+    pub service: String,
+    pub hostname: String,
+    pub port: u16,
+    pub port_name: String,
+    pub protocol: DeclaredProtocol,
+    pub endpoints: Vec<Endpoint>,
+    /// Round-robin cursor. Lives with the snapshot: a config change resets
+    /// it, which is harmless.
+    #[serde(skip)]
+    cursor: AtomicUsize,
+}
+
+impl ServiceTarget {
+    /// Round robin over the endpoints; `None` when there are none.
+    pub fn pick(&self) -> Option<&Endpoint> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
+        self.endpoints.get(n % self.endpoints.len())
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Snapshot {
+    pub version: String,
+    /// Keyed by `namespace/name`, then port.
+    pub services: BTreeMap<String, Vec<Arc<ServiceTarget>>>,
+    #[serde(skip)]
+    by_vip: HashMap<SocketAddr, Arc<ServiceTarget>>,
+}
+
+impl Snapshot {
+    /// The target for a connection's original destination, if it is a
+    /// service VIP:port.
+    pub fn lookup(&self, dst: SocketAddr) -> Option<&Arc<ServiceTarget>> {
+        self.by_vip
+            .get(&SocketAddr::new(dst.ip().to_canonical(), dst.port()))
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.services
+            .values()
+            .flat_map(|ports| ports.iter())
+            .map(|t| t.endpoints.len())
+            .sum()
+    }
+
+    /// Validates a response and compiles it. Any invalid resource rejects
+    /// the whole response (the proxy NACKs it and keeps its last good
+    /// snapshot), with a message naming the resource and field.
+    pub fn from_proto(resp: &v1::DiscoveryResponse) -> Result<Snapshot, Error> {
+        let invalid = |msg: String| Error::InvalidConfig(msg);
+        let mut endpoints_by_service: HashMap<String, &v1::ServiceEndpoints> = HashMap::new();
+        for set in &resp.endpoints {
+            let key = format!("{}/{}", set.service_namespace, set.service_name);
+            if endpoints_by_service.insert(key.clone(), set).is_some() {
+                return Err(invalid(format!("endpoints for service {key} listed twice")));
+            }
+        }
+
+        let mut services = BTreeMap::new();
+        let mut by_vip = HashMap::new();
+        for svc in &resp.services {
+            if svc.name.is_empty() || svc.namespace.is_empty() {
+                return Err(invalid(format!(
+                    "service {:?}/{:?}: name and namespace must be set",
+                    svc.namespace, svc.name
+                )));
+            }
+            let key = format!("{}/{}", svc.namespace, svc.name);
+            if services.contains_key(&key) {
+                return Err(invalid(format!("service {key} listed twice")));
+            }
+            let vips = svc
+                .vips
+                .iter()
+                .map(|v| {
+                    v.parse::<IpAddr>().map_err(|_| {
+                        invalid(format!("service {key}: vips: {v:?} is not an IP address"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let set = endpoints_by_service.remove(&key);
+            let mut targets = Vec::with_capacity(svc.ports.len());
+            for port in &svc.ports {
+                let number = valid_port(port.port).ok_or_else(|| {
+                    invalid(format!(
+                        "service {key}: ports: {} is not a valid port",
+                        port.port
+                    ))
+                })?;
+                let protocol = DeclaredProtocol::from_proto(port.protocol)
+                    .map_err(|e| invalid(format!("service {key} port {number}: {e}")))?;
+                let endpoints = match set {
+                    Some(set) => compile_endpoints(&key, number, set)?,
+                    None => Vec::new(),
+                };
+                let target = Arc::new(ServiceTarget {
+                    service: key.clone(),
+                    hostname: svc.hostname.clone(),
+                    port: number,
+                    port_name: port.name.clone(),
+                    protocol,
+                    endpoints,
+                    cursor: AtomicUsize::new(0),
+                });
+                for vip in &vips {
+                    let sock = SocketAddr::new(vip.to_canonical(), number);
+                    if let Some(other) = by_vip.insert(sock, target.clone()) {
+                        return Err(invalid(format!(
+                            "service {key}: {sock} is also claimed by service {}",
+                            other.service
+                        )));
+                    }
+                }
+                targets.push(target);
+            }
+            services.insert(key, targets);
+        }
+        if let Some(orphan) = endpoints_by_service.keys().next() {
+            return Err(invalid(format!("endpoints for unknown service {orphan}")));
+        }
+        Ok(Snapshot {
+            version: resp.version_info.clone(),
+            services,
+            by_vip,
+        })
+    }
+}
+
+fn valid_port(port: u32) -> Option<u16> {
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}
+
+fn compile_endpoints(
+    service: &str,
+    service_port: u16,
+    set: &v1::ServiceEndpoints,
+) -> Result<Vec<Endpoint>, Error> {
+    let mut out = Vec::new();
+    for ep in &set.endpoints {
+        let ip: IpAddr = ep.address.parse().map_err(|_| {
+            Error::InvalidConfig(format!(
+                "service {service}: endpoint {}: address {:?} is not an IP address",
+                ep.workload_name, ep.address
+            ))
+        })?;
+        // A workload that does not serve this port is not an endpoint of it.
+        let Some(&target) = ep.ports.get(&u32::from(service_port)) else {
+            continue;
+        };
+        let target = valid_port(target).ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "service {service}: endpoint {}: target port {target} is not a valid port",
+                ep.workload_name
+            ))
+        })?;
+        out.push(Endpoint {
+            addr: SocketAddr::new(ip.to_canonical(), target),
+            workload: ep.workload_name.clone(),
+            namespace: ep.workload_namespace.clone(),
+            service_account: ep.service_account.clone(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, vip: &str, port: u32) -> v1::Service {
+        v1::Service {
+            name: name.into(),
+            namespace: "default".into(),
+            hostname: format!("{name}.default.svc.cluster.local"),
+            vips: vec![vip.into()],
+            ports: vec![v1::ServicePort {
+                name: "http".into(),
+                port,
+                protocol: 0,
+            }],
+        }
+    }
+
+    fn endpoints(name: &str, addrs: &[(&str, u32, u32)]) -> v1::ServiceEndpoints {
+        v1::ServiceEndpoints {
+            service_name: name.into(),
+            service_namespace: "default".into(),
+            endpoints: addrs
+                .iter()
+                .enumerate()
+                .map(|(i, (addr, sport, tport))| v1::Endpoint {
+                    address: (*addr).into(),
+                    workload_name: format!("{name}-{i}"),
+                    workload_namespace: "default".into(),
+                    service_account: "default".into(),
+                    ports: [(*sport, *tport)].into_iter().collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn response(
+        services: Vec<v1::Service>,
+        eps: Vec<v1::ServiceEndpoints>,
+    ) -> v1::DiscoveryResponse {
+        v1::DiscoveryResponse {
+            version_info: "v1".into(),
+            nonce: "n".into(),
+            services,
+            endpoints: eps,
+        }
+    }
+
+    #[test]
+    fn lookup_and_round_robin() {
+        let resp = response(
+            vec![service("backend", "198.19.0.10", 80)],
+            vec![endpoints(
+                "backend",
+                &[("198.18.0.11", 80, 8080), ("198.18.0.12", 80, 8080)],
+            )],
+        );
+        let snap = Snapshot::from_proto(&resp).expect("valid");
+        let target = snap
+            .lookup("198.19.0.10:80".parse().expect("lit"))
+            .expect("found");
+        let picks: Vec<_> = (0..4)
+            .map(|_| target.pick().expect("some").addr.to_string())
+            .collect();
+        assert_eq!(
+            picks,
+            [
+                "198.18.0.11:8080",
+                "198.18.0.12:8080",
+                "198.18.0.11:8080",
+                "198.18.0.12:8080"
+            ]
+        );
+        assert!(
+            snap.lookup("198.19.0.10:81".parse().expect("lit"))
+                .is_none()
+        );
+        assert!(
+            snap.lookup("198.19.0.11:80".parse().expect("lit"))
+                .is_none()
+        );
+        assert_eq!(snap.endpoint_count(), 2);
+    }
+
+    #[test]
+    fn endpoint_without_the_port_is_skipped_and_empty_pick_is_none() {
+        let resp = response(
+            vec![service("backend", "198.19.0.10", 80)],
+            vec![endpoints("backend", &[("198.18.0.11", 81, 8080)])],
+        );
+        let snap = Snapshot::from_proto(&resp).expect("valid");
+        let target = snap
+            .lookup("198.19.0.10:80".parse().expect("lit"))
+            .expect("found");
+        assert!(target.pick().is_none());
+    }
+
+    #[test]
+    fn invalid_resources_are_rejected_with_their_name() {
+        let cases: Vec<(v1::DiscoveryResponse, &str)> = vec![
+            (
+                response(vec![service("a", "not-an-ip", 80)], vec![]),
+                "service default/a: vips: \"not-an-ip\"",
+            ),
+            (
+                response(vec![service("a", "198.19.0.1", 70000)], vec![]),
+                "service default/a: ports: 70000",
+            ),
+            (
+                response(vec![service("a", "198.19.0.1", 0)], vec![]),
+                "ports: 0 is not a valid port",
+            ),
+            (
+                response(
+                    vec![
+                        service("a", "198.19.0.1", 80),
+                        service("b", "198.19.0.1", 80),
+                    ],
+                    vec![],
+                ),
+                "198.19.0.1:80 is also claimed by service default/a",
+            ),
+            (
+                response(
+                    vec![service("a", "198.19.0.1", 80)],
+                    vec![endpoints("zzz", &[])],
+                ),
+                "endpoints for unknown service default/zzz",
+            ),
+            (
+                response(
+                    vec![service("a", "198.19.0.1", 80)],
+                    vec![endpoints("a", &[("bogus", 80, 8080)])],
+                ),
+                "endpoint a-0: address \"bogus\"",
+            ),
+            (
+                response(
+                    vec![service("a", "198.19.0.1", 80)],
+                    vec![endpoints("a", &[("198.18.0.2", 80, 0)])],
+                ),
+                "target port 0",
+            ),
+        ];
+        for (resp, want) in cases {
+            let err = Snapshot::from_proto(&resp).expect_err(want).to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The proxy's error type. Every error knows where it arose, whether the
+//! request may be retried, and the short reason that goes into the
+//! `x-knit-error` header, the log line and the stats counter.
+
+use std::net::SocketAddr;
+
+use http::StatusCode;
+
+/// Where an error arose: the party at fault, as an operator would ask it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorOrigin {
+    /// The client (the app or a peer proxy) sent something we cannot serve.
+    Downstream,
+    /// The endpoint we forwarded to failed.
+    Upstream,
+    /// The mesh config says no (no endpoints, not allowed).
+    Policy,
+    /// A fault of the proxy itself.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("service {service} port {port} has no endpoints")]
+    NoEndpoints { service: String, port: u16 },
+
+    #[error("connect to {addr} failed: {source}")]
+    UpstreamConnect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("connect to {addr} timed out after {timeout_ms} ms")]
+    UpstreamConnectTimeout { addr: SocketAddr, timeout_ms: u64 },
+
+    #[error("HTTP handshake with {addr} failed: {source}")]
+    UpstreamHandshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+
+    #[error("request to {addr} failed: {source}")]
+    UpstreamRequest {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+
+    #[error("stream to {addr} broke: {source}")]
+    Transfer {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("request has no usable authority (Host header or URI): {0}")]
+    BadRequest(String),
+
+    #[error("cannot read the original destination: {0}")]
+    OriginalDst(#[source] std::io::Error),
+
+    #[error("connection addressed the proxy's own port {0} directly; refusing to loop")]
+    SelfLoop(SocketAddr),
+
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("invalid control plane address {0:?}: {1}")]
+    ControlPlaneAddress(String, String),
+}
+
+impl Error {
+    /// The reason token for `x-knit-error`, logs and counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::NoEndpoints { .. } => "no_endpoints",
+            Error::UpstreamConnect { .. } => "upstream_connect_failed",
+            Error::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
+            Error::UpstreamHandshake { .. } => "upstream_handshake_failed",
+            Error::UpstreamRequest { .. } => "upstream_request_failed",
+            Error::Transfer { .. } => "stream_reset",
+            Error::BadRequest(_) => "bad_request",
+            Error::OriginalDst(_) => "original_dst_unavailable",
+            Error::SelfLoop(_) => "self_loop",
+            Error::InvalidConfig(_) => "invalid_config",
+            Error::Bind { .. } => "bind_failed",
+            Error::ControlPlaneAddress(..) => "invalid_control_plane",
+        }
+    }
+
+    pub fn origin(&self) -> ErrorOrigin {
+        match self {
+            Error::NoEndpoints { .. } => ErrorOrigin::Policy,
+            Error::UpstreamConnect { .. }
+            | Error::UpstreamConnectTimeout { .. }
+            | Error::UpstreamHandshake { .. }
+            | Error::UpstreamRequest { .. }
+            | Error::Transfer { .. } => ErrorOrigin::Upstream,
+            Error::BadRequest(_) | Error::SelfLoop(_) => ErrorOrigin::Downstream,
+            Error::OriginalDst(_)
+            | Error::InvalidConfig(_)
+            | Error::Bind { .. }
+            | Error::ControlPlaneAddress(..) => ErrorOrigin::Internal,
+        }
+    }
+
+    /// Whether the request may be sent again (to another endpoint): only
+    /// when it certainly never reached the upstream application.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::UpstreamConnect { .. }
+                | Error::UpstreamConnectTimeout { .. }
+                | Error::UpstreamHandshake { .. }
+        )
+    }
+
+    /// The status of the response the proxy generates for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) | Error::SelfLoop(_) => StatusCode::BAD_REQUEST,
+            Error::UpstreamRequest { .. } | Error::Transfer { .. } => StatusCode::BAD_GATEWAY,
+            Error::UpstreamConnectTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_table() {
+        let addr: SocketAddr = "198.18.0.11:8080".parse().expect("literal");
+        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let cases: Vec<(Error, &str, ErrorOrigin, bool, u16)> = vec![
+            (
+                Error::NoEndpoints {
+                    service: "default/backend".into(),
+                    port: 80,
+                },
+                "no_endpoints",
+                ErrorOrigin::Policy,
+                false,
+                503,
+            ),
+            (
+                Error::UpstreamConnect {
+                    addr,
+                    source: refused(),
+                },
+                "upstream_connect_failed",
+                ErrorOrigin::Upstream,
+                true,
+                503,
+            ),
+            (
+                Error::UpstreamConnectTimeout {
+                    addr,
+                    timeout_ms: 10,
+                },
+                "upstream_connect_timeout",
+                ErrorOrigin::Upstream,
+                true,
+                503,
+            ),
+            (
+                Error::BadRequest("x".into()),
+                "bad_request",
+                ErrorOrigin::Downstream,
+                false,
+                400,
+            ),
+            (
+                Error::SelfLoop(addr),
+                "self_loop",
+                ErrorOrigin::Downstream,
+                false,
+                400,
+            ),
+        ];
+        for (err, reason, origin, retry, status) in cases {
+            assert_eq!(err.reason(), reason, "{err}");
+            assert_eq!(err.origin(), origin, "{err}");
+            assert_eq!(err.is_retryable(), retry, "{err}");
+            assert_eq!(err.status().as_u16(), status, "{err}");
+        }
+    }
+}

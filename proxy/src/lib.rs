@@ -1,0 +1,105 @@
+//! knit-proxy: the Knit sidecar. Each listener is a struct with `run()`;
+//! each accepted connection is one task that flows one way:
+//! accept → original dst → detect → route → balance → connect.
+#![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod admin;
+pub mod config;
+pub mod context;
+pub mod detect;
+pub mod error;
+pub mod http;
+pub mod inbound;
+pub mod listener;
+pub mod outbound;
+pub mod sockopt;
+pub mod stats;
+pub mod tcp;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use knit_proto::v1;
+use tracing::info;
+
+pub use context::DataPathSettings;
+pub use error::Error;
+
+use crate::admin::{AdminServer, Role};
+use crate::config::discovery::ControlPlaneClient;
+use crate::context::{ConfigStore, ProxyContext};
+use crate::http::upstream::{PoolSettings, UpstreamPool};
+use crate::inbound::InboundListener;
+use crate::outbound::OutboundListener;
+
+/// Who this proxy is, as told to the control plane.
+#[derive(Debug, Clone, Default)]
+pub struct NodeIdentity {
+    pub pod_name: String,
+    pub namespace: String,
+    pub pod_ips: Vec<String>,
+    pub service_account: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub control_plane: String,
+    pub node: NodeIdentity,
+    pub outbound_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub readiness_addr: SocketAddr,
+    pub settings: DataPathSettings,
+}
+
+/// Binds every listener (failing fast if one cannot be bound), then serves
+/// until `shutdown` resolves.
+pub async fn run(opts: ProxyOptions, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let ctx = Arc::new(ProxyContext {
+        config: ConfigStore::default(),
+        stats: Default::default(),
+        pool: UpstreamPool::new(PoolSettings {
+            connect_timeout: opts.settings.connect_timeout,
+            ..PoolSettings::default()
+        }),
+        settings: opts.settings.clone(),
+        listeners_bound: Default::default(),
+    });
+    let outbound = listener::bind("outbound listener", opts.outbound_addr).await?;
+    let inbound = listener::bind("inbound listener", opts.inbound_addr).await?;
+    let admin = listener::bind("admin server", opts.admin_addr).await?;
+    let readiness = listener::bind("readiness server", opts.readiness_addr).await?;
+    ctx.listeners_bound.store(true, Ordering::Release);
+    info!(
+        outbound = %opts.outbound_addr,
+        inbound = %opts.inbound_addr,
+        admin = %opts.admin_addr,
+        readiness = %opts.readiness_addr,
+        pod = %opts.node.pod_name,
+        namespace = %opts.node.namespace,
+        "knit-proxy listening"
+    );
+
+    let node = v1::Node {
+        pod_name: opts.node.pod_name.clone(),
+        namespace: opts.node.namespace.clone(),
+        ips: opts.node.pod_ips.clone(),
+        service_account: opts.node.service_account.clone(),
+        proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..Default::default()
+    };
+    let control_plane = ControlPlaneClient::new(&opts.control_plane, node, ctx.clone())?;
+
+    tokio::select! {
+        _ = OutboundListener::new(outbound, ctx.clone()).run() => {}
+        _ = InboundListener::new(inbound, ctx.clone()).run() => {}
+        _ = AdminServer::new(admin, ctx.clone(), Role::Admin).run() => {}
+        _ = AdminServer::new(readiness, ctx.clone(), Role::Readiness).run() => {}
+        _ = control_plane.run() => {}
+        _ = shutdown => info!("shutting down"),
+    }
+    Ok(())
+}

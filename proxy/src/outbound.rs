@@ -1,0 +1,173 @@
+//! The outbound listener (15001): connections the app opened, redirected
+//! here by iptables. accept → original dst → service lookup → detect →
+//! HTTP: route + balance per request | TCP: balance per connection.
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::addr::{ClientAddr, OrigDstAddr};
+use crate::config::snapshot::{DeclaredProtocol, ServiceTarget};
+use crate::context::ProxyContext;
+use crate::detect::{Detected, detect};
+use crate::error::Error;
+use crate::http::server::{HttpHandler, serve};
+use crate::http::{Body, error_response, forward::forward, headers::strip_knit_headers};
+use crate::listener::{accept_loop, record_detection};
+use crate::stats::inc;
+use crate::tcp;
+
+pub struct OutboundListener {
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+}
+
+impl OutboundListener {
+    pub fn new(listener: TcpListener, ctx: Arc<ProxyContext>) -> Self {
+        OutboundListener { listener, ctx }
+    }
+
+    pub async fn run(self) {
+        let ctx = self.ctx;
+        accept_loop(
+            "outbound",
+            self.listener,
+            move |stream, client, orig_dst| {
+                handle_connection(stream, client, orig_dst, ctx.clone())
+            },
+        )
+        .await
+    }
+}
+
+pub async fn handle_connection(
+    stream: TcpStream,
+    client: ClientAddr,
+    orig_dst: OrigDstAddr,
+    ctx: Arc<ProxyContext>,
+) {
+    let stats = &ctx.stats.outbound;
+    inc(&stats.connections);
+    let target = ctx.config.load().lookup(orig_dst.0).cloned();
+    let Some(target) = target else {
+        // Not a mesh service: pass it through untouched to where the app
+        // was going.
+        inc(&stats.passthrough_connections);
+        if let Err(e) = tcp::forward(stream, orig_dst.0, ctx.settings.connect_timeout).await {
+            stats.errors.record(e.reason());
+            info!(%client, %orig_dst, reason = e.reason(), error = %e, "outbound passthrough failed");
+        }
+        return;
+    };
+    let detected = match target.protocol {
+        DeclaredProtocol::Http | DeclaredProtocol::Http2 | DeclaredProtocol::Grpc => {
+            inc(&stats.declared);
+            Detected::Http1 // the HTTP server reads the preface itself
+        }
+        DeclaredProtocol::Tcp | DeclaredProtocol::Tls => {
+            inc(&stats.declared);
+            Detected::Opaque
+        }
+        DeclaredProtocol::Detect => {
+            match detect(&stream, ctx.settings.outbound_detect_timeout).await {
+                Ok(d) => {
+                    record_detection(stats, d);
+                    d
+                }
+                Err(e) => {
+                    debug!(%client, error = %e, "outbound detection failed");
+                    return;
+                }
+            }
+        }
+    };
+    match detected {
+        Detected::Http1 | Detected::Http2 => {
+            let handler = Arc::new(OutboundHttp {
+                ctx: ctx.clone(),
+                client,
+                orig_dst,
+            });
+            serve(stream, handler).await;
+        }
+        Detected::Tls | Detected::Opaque | Detected::Timeout => {
+            forward_tcp_to_service(stream, client, &target, &ctx).await;
+        }
+        Detected::Closed => {}
+    }
+}
+
+async fn forward_tcp_to_service(
+    stream: TcpStream,
+    client: ClientAddr,
+    target: &ServiceTarget,
+    ctx: &ProxyContext,
+) {
+    let stats = &ctx.stats.outbound;
+    inc(&stats.tcp_connections);
+    let result = match target.pick() {
+        None => Err(Error::NoEndpoints {
+            service: target.service.clone(),
+            port: target.port,
+        }),
+        Some(ep) => tcp::forward(stream, ep.addr, ctx.settings.connect_timeout)
+            .await
+            .map(|_| ()),
+    };
+    if let Err(e) = result {
+        stats.errors.record(e.reason());
+        warn!(%client, service = %target.service, port = target.port, reason = e.reason(), error = %e, "outbound TCP failed");
+    }
+}
+
+/// Routes each request of one app connection. The service is looked up
+/// again per request, so a config change reaches keep-alive connections.
+struct OutboundHttp {
+    ctx: Arc<ProxyContext>,
+    client: ClientAddr,
+    orig_dst: OrigDstAddr,
+}
+
+impl OutboundHttp {
+    async fn route_and_forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
+        strip_knit_headers(req.headers_mut());
+        let upstream = {
+            let snapshot = self.ctx.config.load();
+            match snapshot.lookup(self.orig_dst.0) {
+                // The service disappeared under a live connection: go where
+                // the app was going, as for any unknown destination.
+                None => self.orig_dst.0,
+                Some(target) => match target.pick() {
+                    Some(ep) => ep.addr,
+                    None => {
+                        return Err(Error::NoEndpoints {
+                            service: target.service.clone(),
+                            port: target.port,
+                        });
+                    }
+                },
+            }
+        };
+        forward(&self.ctx.pool, req, upstream).await
+    }
+}
+
+impl HttpHandler for OutboundHttp {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let stats = &self.ctx.stats.outbound;
+        inc(&stats.http_requests);
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        match self.route_and_forward(req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                stats.errors.record(e.reason());
+                warn!(client = %self.client, orig_dst = %self.orig_dst, %method, %path, reason = e.reason(), error = %e, "outbound request failed");
+                error_response(&e)
+            }
+        }
+    }
+}
