@@ -1,0 +1,400 @@
+//! Reads the config directory: every document of every config file is
+//! parsed on its own and dispatched on apiVersion + kind, so one bad document
+//! costs only itself.
+
+use std::fs;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::kinds::{KnownKind, Service, WorkloadEntry, classify};
+use super::source::{DocumentText, list_config_files, split_documents};
+use super::validate;
+use crate::error::Error;
+use crate::model::{DocumentRef, MeshConfig, ResourceRef};
+
+/// Namespace of a resource that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// A typed resource read from one document, not yet validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParsedResource {
+    Service(Box<Service>),
+    WorkloadEntry(Box<WorkloadEntry>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedDocument {
+    pub at: DocumentRef,
+    pub resource: ParsedResource,
+}
+
+/// The documents of a set of files, with what went wrong on the way.
+#[derive(Debug, Default)]
+pub struct ParsedFiles {
+    pub documents: Vec<ParsedDocument>,
+    pub errors: Vec<Error>,
+    pub warnings: Vec<String>,
+}
+
+/// The validated config of a directory and every problem found in it.
+#[derive(Debug, Default)]
+pub struct LoadedConfig {
+    pub config: MeshConfig,
+    pub errors: Vec<Error>,
+    pub warnings: Vec<String>,
+}
+
+/// Loads and validates every config file of `dir`. Fails only when the
+/// directory cannot be listed; anything wrong inside it is in `errors`.
+pub fn load_dir(dir: &Path) -> Result<LoadedConfig, Error> {
+    let files = list_config_files(dir).map_err(|source| Error::ConfigDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let mut parsed = ParsedFiles::default();
+    for (name, path) in files {
+        match fs::read(&path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => parse_file(&name, &text, &mut parsed),
+                Err(err) => parsed.errors.push(Error::ConfigFile {
+                    file: name,
+                    reason: format!("not UTF-8 text ({})", err.utf8_error()),
+                }),
+            },
+            Err(err) => parsed.errors.push(Error::ConfigFile {
+                file: name,
+                reason: err.to_string(),
+            }),
+        }
+    }
+    let (config, mut errors) = validate::assemble(parsed.documents);
+    parsed.errors.append(&mut errors);
+    // Stable: errors of one document keep their order.
+    parsed
+        .errors
+        .sort_by(|a, b| a.position().cmp(&b.position()));
+    Ok(LoadedConfig {
+        config,
+        errors: parsed.errors,
+        warnings: parsed.warnings,
+    })
+}
+
+/// Parses every document of one file into `out`.
+pub fn parse_file(file_name: &str, text: &str, out: &mut ParsedFiles) {
+    for document in split_documents(text) {
+        match parse_document(file_name, &document) {
+            Ok(Some(parsed)) => out.documents.push(parsed),
+            Ok(None) => {}
+            Err(Problem::Error(err)) => out.errors.push(err),
+            Err(Problem::Warning(warning)) => out.warnings.push(warning),
+        }
+    }
+}
+
+enum Problem {
+    Error(Error),
+    Warning(String),
+}
+
+/// One document: `Ok(None)` when it is empty.
+fn parse_document(
+    file_name: &str,
+    document: &DocumentText,
+) -> Result<Option<ParsedDocument>, Problem> {
+    let at = DocumentRef {
+        file: file_name.to_owned(),
+        index: document.index,
+        resource: None,
+    };
+    if !document.has_content {
+        return Ok(None);
+    }
+    let value: Value = serde_saphyr::from_str(&document.text).map_err(|err| {
+        let options = serde_saphyr::render_options! {
+            snippets: serde_saphyr::SnippetMode::Off,
+            line_offset: (document.first_line as u64).saturating_sub(1),
+        };
+        Problem::Error(Error::Document {
+            at: Box::new(at.clone()),
+            reason: format!("invalid YAML: {}", err.render_with_options(options)),
+        })
+    })?;
+    let object = match &value {
+        Value::Null => return Ok(None),
+        Value::Object(object) => object,
+        other => {
+            return Err(Problem::Error(Error::Document {
+                at: Box::new(at),
+                reason: format!(
+                    "a resource must be a mapping with apiVersion and kind, found {}",
+                    json_type_name(other)
+                ),
+            }));
+        }
+    };
+    let api_version = required_string(object, "apiVersion", &at)?;
+    let kind = required_string(object, "kind", &at)?;
+    let metadata = object.get("metadata");
+    let name = metadata
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned);
+    let namespace = metadata
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or(DEFAULT_NAMESPACE)
+        .to_owned();
+    let Some(known) = classify(&api_version, &kind) else {
+        let at = at.with_resource(ResourceRef {
+            kind: kind.clone(),
+            namespace,
+            name,
+        });
+        return Err(Problem::Warning(format!(
+            "config warning: {at}: unknown kind {kind} (apiVersion {api_version}), ignored"
+        )));
+    };
+    let at = at.with_resource(ResourceRef {
+        kind: known.name().to_owned(),
+        namespace,
+        name,
+    });
+    let resource = match known {
+        KnownKind::Service => ParsedResource::Service(Box::new(typed(value, &at)?)),
+        KnownKind::WorkloadEntry => ParsedResource::WorkloadEntry(Box::new(typed(value, &at)?)),
+    };
+    Ok(Some(ParsedDocument { at, resource }))
+}
+
+fn required_string(
+    object: &serde_json::Map<String, Value>,
+    field: &str,
+    at: &DocumentRef,
+) -> Result<String, Problem> {
+    match object.get(field) {
+        Some(Value::String(value)) if !value.is_empty() => Ok(value.clone()),
+        None | Some(Value::Null) => Err(Problem::Error(Error::Field {
+            at: Box::new(at.clone()),
+            field: field.to_owned(),
+            reason: "must be set".to_owned(),
+        })),
+        Some(Value::String(_)) => Err(Problem::Error(Error::Field {
+            at: Box::new(at.clone()),
+            field: field.to_owned(),
+            reason: "must not be empty".to_owned(),
+        })),
+        Some(other) => Err(Problem::Error(Error::Field {
+            at: Box::new(at.clone()),
+            field: field.to_owned(),
+            reason: format!("must be a string, found {}", json_type_name(other)),
+        })),
+    }
+}
+
+/// Deserializes into a kind's Rust type, naming the field path on failure.
+fn typed<T: DeserializeOwned>(value: Value, at: &DocumentRef) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let field = err.path().to_string();
+        let reason = err.inner().to_string();
+        Problem::Error(if field == "." {
+            Error::Document {
+                at: Box::new(at.clone()),
+                reason,
+            }
+        } else {
+            Error::Field {
+                at: Box::new(at.clone()),
+                field,
+                reason,
+            }
+        })
+    })
+}
+
+fn json_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(file: &str, text: &str) -> ParsedFiles {
+        let mut out = ParsedFiles::default();
+        parse_file(file, text, &mut out);
+        out
+    }
+
+    fn error_strings(parsed: &ParsedFiles) -> Vec<String> {
+        parsed.errors.iter().map(ToString::to_string).collect()
+    }
+
+    const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: backend\nspec:\n  ports:\n  - port: 80\n";
+    const WORKLOAD: &str = "apiVersion: mesh.knit.dev/v1alpha1\nkind: WorkloadEntry\nmetadata:\n  name: pod-a\n  namespace: shop\nspec:\n  address: 10.0.0.1\n";
+
+    #[test]
+    fn multi_document_file_yields_each_resource_in_order() {
+        let text = format!("{SERVICE}---\n# nothing here\n---\n{WORKLOAD}");
+        let parsed = parse("all.yaml", &text);
+        assert!(parsed.errors.is_empty(), "{:?}", error_strings(&parsed));
+        let positions: Vec<String> = parsed.documents.iter().map(|d| d.at.to_string()).collect();
+        assert_eq!(
+            positions,
+            [
+                "all.yaml doc 1 (Service default/backend)",
+                "all.yaml doc 3 (WorkloadEntry shop/pod-a)"
+            ]
+        );
+        assert!(matches!(
+            parsed.documents[0].resource,
+            ParsedResource::Service(_)
+        ));
+        match &parsed.documents[1].resource {
+            ParsedResource::WorkloadEntry(entry) => assert_eq!(entry.spec.address, "10.0.0.1"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn load_dir_reads_every_config_file_and_document() {
+        let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("tempdir: {err}"));
+        let write = |name: &str, text: &str| {
+            fs::write(dir.path().join(name), text)
+                .unwrap_or_else(|err| panic!("write {name}: {err}"));
+        };
+        write(
+            "mesh.yaml",
+            &format!(
+                "{SERVICE}---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n---\n{WORKLOAD}"
+            ),
+        );
+        write(
+            "more.yml",
+            &WORKLOAD
+                .replace("pod-a", "pod-b")
+                .replace("10.0.0.1", "10.0.0.2"),
+        );
+        write("skipped.json", "{}");
+        write(".skipped.yaml", "not: [yaml");
+        let loaded = load_dir(dir.path()).unwrap_or_else(|err| panic!("{err}"));
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        assert_eq!(loaded.config.services.len(), 1);
+        let workloads: Vec<&str> = loaded
+            .config
+            .workloads
+            .iter()
+            .map(|w| w.name.as_str())
+            .collect();
+        assert_eq!(workloads, ["pod-a", "pod-b"]);
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(
+            loaded.warnings[0].contains("mesh.yaml doc 2 (ConfigMap default/cm)"),
+            "{:?}",
+            loaded.warnings
+        );
+    }
+
+    #[test]
+    fn istio_api_versions_load_as_workload_entries() {
+        for api_version in [
+            "networking.istio.io/v1alpha3",
+            "networking.istio.io/v1beta1",
+            "networking.istio.io/v1",
+        ] {
+            let text = WORKLOAD.replace("mesh.knit.dev/v1alpha1", api_version);
+            let parsed = parse("we.yaml", &text);
+            assert!(
+                parsed.errors.is_empty(),
+                "{api_version}: {:?}",
+                error_strings(&parsed)
+            );
+            assert_eq!(parsed.documents.len(), 1, "{api_version}");
+        }
+    }
+
+    #[test]
+    fn unknown_kind_is_a_warning_and_ignored() {
+        let text =
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n---\n{SERVICE}");
+        let parsed = parse("mixed.yaml", &text);
+        assert!(parsed.errors.is_empty());
+        assert_eq!(parsed.documents.len(), 1);
+        assert_eq!(
+            parsed.warnings,
+            [
+                "config warning: mixed.yaml doc 1 (ConfigMap default/cm): unknown kind ConfigMap (apiVersion v1), ignored"
+            ]
+        );
+    }
+
+    #[test]
+    fn broken_documents_name_file_document_and_field() {
+        let table = [
+            (
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: backend\nspec:\n  ports:\n  - port: eighty\n",
+                "config error: s.yaml doc 1 (Service default/backend): spec.ports[0].port: invalid type: string \"eighty\", expected i32",
+            ),
+            (
+                "kind: Service\nmetadata:\n  name: backend\n",
+                "config error: s.yaml doc 1: apiVersion: must be set",
+            ),
+            (
+                "apiVersion: v1\nmetadata:\n  name: backend\n",
+                "config error: s.yaml doc 1: kind: must be set",
+            ),
+            (
+                "apiVersion: v1\nkind: 7\n",
+                "config error: s.yaml doc 1: kind: must be a string, found a number",
+            ),
+            (
+                "- just\n- a list\n",
+                "config error: s.yaml doc 1: a resource must be a mapping with apiVersion and kind, found a list",
+            ),
+            (
+                "apiVersion: mesh.knit.dev/v1alpha1\nkind: WorkloadEntry\nmetadata:\n  name: pod-a\nspec:\n  labels: {}\n",
+                "config error: s.yaml doc 1 (WorkloadEntry default/pod-a): spec: missing field `address`",
+            ),
+            (
+                "apiVersion: mesh.knit.dev/v1alpha1\nkind: WorkloadEntry\nmetadata:\n  name: pod-a\nspec:\n  address: 10.0.0.1\n  ports:\n    http: -1\n",
+                "config error: s.yaml doc 1 (WorkloadEntry default/pod-a): spec.ports.http: invalid value: integer `-1`, expected u32",
+            ),
+        ];
+        for (text, expected) in table {
+            let parsed = parse("s.yaml", text);
+            assert_eq!(error_strings(&parsed), [expected], "{text}");
+            assert!(parsed.documents.is_empty());
+        }
+    }
+
+    #[test]
+    fn yaml_syntax_error_costs_only_its_document() {
+        let text = format!("{SERVICE}---\nkey: [unclosed\n---\n{WORKLOAD}");
+        let parsed = parse("bad.yaml", &text);
+        assert_eq!(parsed.documents.len(), 2);
+        let errors = error_strings(&parsed);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("config error: bad.yaml doc 2: invalid YAML: "),
+            "{}",
+            errors[0]
+        );
+        // The location is reported in file lines, not document lines.
+        assert!(
+            errors[0].ends_with("unclosed bracket '[' at line 9, column 6"),
+            "{}",
+            errors[0]
+        );
+    }
+}

@@ -1,0 +1,265 @@
+use super::*;
+use crate::config::loader::{ParsedFiles, parse_file};
+
+/// Parses and assembles `files` in order; returns the model and every error.
+fn load(files: &[(&str, &str)]) -> (MeshConfig, Vec<String>) {
+    let mut parsed = ParsedFiles::default();
+    for (name, text) in files {
+        parse_file(name, text, &mut parsed);
+    }
+    let (config, errors) = assemble(parsed.documents);
+    let mut all: Vec<String> = parsed.errors.iter().map(ToString::to_string).collect();
+    all.extend(errors.iter().map(ToString::to_string));
+    (config, all)
+}
+
+fn service(name: &str, spec: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
+
+fn workload(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: mesh.knit.dev/v1alpha1\nkind: WorkloadEntry\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
+}
+
+const GOOD_SERVICE_SPEC: &str = "  clusterIP: 10.96.0.10\n  ports:\n  - port: 80\n";
+
+#[test]
+fn each_invalid_service_gives_one_error_naming_file_document_and_field() {
+    let good = service(
+        "frontend",
+        "  clusterIP: 10.96.0.1\n  ports:\n  - port: 80\n",
+    );
+    let table: Vec<(String, &str)> = vec![
+        (
+            service("backend", "  clusterIP: 10.96.0.10\n  ports:\n  - port: 70000\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.ports[0].port: 70000 is not a valid port (1-65535)",
+        ),
+        (
+            service("backend", "  clusterIP: 10.96.0.10\n  ports:\n  - port: 0\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.ports[0].port: 0 is not a valid port (1-65535)",
+        ),
+        (
+            service("backend", "  clusterIP: 10.96.0.300\n  ports:\n  - port: 80\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.clusterIP: \"10.96.0.300\" is not a valid IP address (or \"None\" for a headless Service)",
+        ),
+        (
+            service("backend", "  clusterIPs: [10.96.0.10, 10.96.0.11]\n  ports:\n  - port: 80\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.clusterIPs: may hold at most one IPv4 and one IPv6 address",
+        ),
+        (
+            service("backend", "  clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.11]\n  ports:\n  - port: 80\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.clusterIPs[0]: \"10.96.0.11\" must equal spec.clusterIP \"10.96.0.10\"",
+        ),
+        (
+            service("backend", "  clusterIP: 10.96.0.10\n  ports:\n  - port: 80\n    targetPort: 0\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.ports[0].targetPort: 0 is not a valid port (1-65535)",
+        ),
+        (
+            service("backend", "  clusterIP: 10.96.0.10\n  ports:\n  - port: 80\n    targetPort: \"8080\"\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.ports[0].targetPort: \"8080\" is not a valid port name (at most 15 lowercase letters, digits and single '-', with at least one letter)",
+        ),
+        (
+            service("backend", "  clusterIP: 10.96.0.10\n  ports:\n  - name: a\n    port: 80\n  - name: b\n    port: 80\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.ports[1].port: 80/TCP is already declared by spec.ports[0]",
+        ),
+        (
+            service("backend", "  clusterIP: 10.96.0.10\n  ports:\n  - name: a\n    port: 80\n  - name: a\n    port: 81\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.ports[1].name: \"a\" is already used by spec.ports[0]",
+        ),
+        (
+            service("backend", "  clusterIP: 10.96.0.10\n  ports:\n  - name: a\n    port: 80\n  - port: 81\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.ports[1].name: must be set when a Service has more than one port",
+        ),
+        (
+            service("backend", "  clusterIP: 10.96.0.10\n  ports:\n  - port: 80\n    protocol: QUIC\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.ports[0].protocol: \"QUIC\" is not supported (TCP, UDP or SCTP)",
+        ),
+        (
+            service("backend", "  clusterIP: 10.96.0.10\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.ports: a Service with a cluster IP needs at least one port",
+        ),
+        (
+            service("backend", "  type: ExternalName\n  externalName: example.com\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.type: ExternalName Services are not supported",
+        ),
+        (
+            service("backend", "  clusterIP: 10.96.0.10\n  ports:\n  - port: 80\n  selector:\n    bad key: x\n"),
+            "config error: services.yaml doc 2 (Service default/backend): spec.selector: \"bad key\" is not a valid label key (optional DNS subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata:\n  namespace: shop\nspec:\n  ports:\n  - port: 80\n".to_owned(),
+            "config error: services.yaml doc 2 (Service): metadata.name: must be set",
+        ),
+        (
+            service("Backend", GOOD_SERVICE_SPEC),
+            "config error: services.yaml doc 2 (Service default/Backend): metadata.name: \"Backend\" is not a valid DNS label (at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit)",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: backend\n  namespace: Shop\nspec:\n  ports:\n  - port: 80\n".to_owned(),
+            "config error: services.yaml doc 2 (Service Shop/backend): metadata.namespace: \"Shop\" is not a valid DNS label (at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: backend\n".to_owned(),
+            "config error: services.yaml doc 2 (Service default/backend): spec: must be set",
+        ),
+    ];
+    for (bad, expected) in table {
+        let text = format!("{good}---\n{bad}");
+        let (config, errors) = load(&[("services.yaml", &text)]);
+        assert_eq!(errors, [expected], "{bad}");
+        // The bad document is skipped, the good one still loads.
+        let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["frontend"], "{bad}");
+    }
+}
+
+#[test]
+fn each_invalid_workload_entry_gives_one_error_naming_file_document_and_field() {
+    let table: Vec<(String, &str)> = vec![
+        (
+            workload("pod-a", "  address: 10.0.0\n"),
+            "config error: pods.yaml doc 1 (WorkloadEntry default/pod-a): spec.address: \"10.0.0\" is not a valid IP address",
+        ),
+        (
+            workload("pod-a", "  address: \"\"\n"),
+            "config error: pods.yaml doc 1 (WorkloadEntry default/pod-a): spec.address: must be set",
+        ),
+        (
+            workload("pod-a", "  address: 10.0.0.1\n  ports:\n    http: 70000\n"),
+            "config error: pods.yaml doc 1 (WorkloadEntry default/pod-a): spec.ports.http: 70000 is not a valid port (1-65535)",
+        ),
+        (
+            workload("pod-a", "  address: 10.0.0.1\n  ports:\n    HTTP: 80\n"),
+            "config error: pods.yaml doc 1 (WorkloadEntry default/pod-a): spec.ports: \"HTTP\" is not a valid port name (at most 15 lowercase letters, digits and single '-', with at least one letter)",
+        ),
+        (
+            workload("pod-a", "  address: 10.0.0.1\n  serviceAccount: Web_SA\n"),
+            "config error: pods.yaml doc 1 (WorkloadEntry default/pod-a): spec.serviceAccount: \"Web_SA\" is not a valid DNS subdomain (dot-separated DNS labels, at most 253 characters)",
+        ),
+        (
+            workload("pod-a", "  address: 10.0.0.1\n  labels:\n    app: -web\n"),
+            "config error: pods.yaml doc 1 (WorkloadEntry default/pod-a): spec.labels.app: \"-web\" is not a valid label value (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)",
+        ),
+        (
+            "apiVersion: mesh.knit.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {}\nspec:\n  address: 10.0.0.1\n".to_owned(),
+            "config error: pods.yaml doc 1 (WorkloadEntry): metadata.name: must be set",
+        ),
+    ];
+    for (bad, expected) in table {
+        let (config, errors) = load(&[("pods.yaml", &bad)]);
+        assert_eq!(errors, [expected], "{bad}");
+        assert!(config.workloads.is_empty());
+    }
+}
+
+#[test]
+fn duplicates_across_files_are_reported_and_the_first_wins() {
+    let a = format!(
+        "{}---\n{}",
+        service("backend", GOOD_SERVICE_SPEC),
+        workload("pod-a", "  address: 10.0.0.1\n")
+    );
+    let b = format!(
+        "{}---\n{}---\n{}---\n{}",
+        service(
+            "backend",
+            "  clusterIP: 10.96.0.99\n  ports:\n  - port: 80\n"
+        ),
+        service("other", GOOD_SERVICE_SPEC),
+        workload("pod-a", "  address: 10.0.0.2\n"),
+        workload("pod-b", "  address: 10.0.0.1\n"),
+    );
+    let (config, errors) = load(&[("a.yaml", &a), ("b.yaml", &b)]);
+    assert_eq!(
+        errors,
+        [
+            "config error: b.yaml doc 1 (Service default/backend): metadata.name: duplicate Service default/backend, already defined in a.yaml doc 1",
+            "config error: b.yaml doc 2 (Service default/other): spec.clusterIP: 10.96.0.10 is already the cluster IP of Service default/backend (a.yaml doc 1)",
+            "config error: b.yaml doc 3 (WorkloadEntry default/pod-a): metadata.name: duplicate WorkloadEntry default/pod-a, already defined in a.yaml doc 2",
+            "config error: b.yaml doc 4 (WorkloadEntry default/pod-b): spec.address: 10.0.0.1 is already the address of WorkloadEntry default/pod-a (a.yaml doc 2)",
+        ]
+    );
+    assert_eq!(config.services.len(), 1);
+    assert_eq!(config.services[0].vips, [IpAddr::from([10, 96, 0, 10])]);
+    assert_eq!(config.workloads.len(), 1);
+    assert_eq!(config.workloads[0].origin.file, "a.yaml");
+}
+
+#[test]
+fn same_name_in_other_namespace_and_other_kind_is_not_a_duplicate() {
+    let text = format!(
+        "{}---\n{}---\n{}",
+        service("web", GOOD_SERVICE_SPEC),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  clusterIP: None\n",
+        workload("web", "  address: 10.0.0.1\n"),
+    );
+    let (config, errors) = load(&[("x.yaml", &text)]);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(config.services.len(), 2);
+    assert_eq!(config.workloads.len(), 1);
+}
+
+#[test]
+fn valid_service_becomes_the_model() {
+    let text = service(
+        "backend",
+        "  clusterIPs: [10.96.0.10, fd00::10]\n  selector:\n    app: backend\n  ports:\n  - name: http-web\n    port: 80\n    targetPort: web\n    appProtocol: http\n  - name: dns\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n",
+    );
+    let (config, errors) = load(&[("s.yaml", &text)]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let svc = &config.services[0];
+    assert_eq!(svc.namespace, "default");
+    let vips: Vec<String> = svc.vips.iter().map(ToString::to_string).collect();
+    assert_eq!(vips, ["10.96.0.10", "fd00::10"]);
+    assert_eq!(
+        svc.selector,
+        BTreeMap::from([("app".to_owned(), "backend".to_owned())])
+    );
+    assert_eq!(
+        svc.ports,
+        [
+            ServicePortDef {
+                index: 0,
+                name: Some("http-web".to_owned()),
+                port: 80,
+                transport: Transport::Tcp,
+                target: TargetPort::Named("web".to_owned()),
+                app_protocol: Some("http".to_owned()),
+            },
+            ServicePortDef {
+                index: 1,
+                name: Some("dns".to_owned()),
+                port: 53,
+                transport: Transport::Udp,
+                target: TargetPort::Number(5353),
+                app_protocol: None,
+            },
+        ]
+    );
+}
+
+#[test]
+fn headless_services_have_no_vips() {
+    for spec in [
+        "  clusterIP: None\n",
+        "  clusterIP: \"\"\n",
+        "  ports:\n  - port: 80\n",
+        "  clusterIPs: [None]\n",
+    ] {
+        let (config, errors) = load(&[("s.yaml", &service("db", spec))]);
+        assert!(errors.is_empty(), "{spec}: {errors:?}");
+        assert!(config.services[0].vips.is_empty(), "{spec}");
+    }
+}
+
+#[test]
+fn workload_defaults() {
+    let (config, errors) = load(&[("w.yaml", &workload("pod-a", "  address: fd00::1\n"))]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let w = &config.workloads[0];
+    assert_eq!(w.namespace, "default");
+    assert_eq!(w.service_account, "default");
+    assert_eq!(w.address.to_string(), "fd00::1");
+}

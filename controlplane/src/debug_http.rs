@@ -1,0 +1,186 @@
+//! knitd's own HTTP endpoints: health and debug views of the state.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::registry::ProxyRegistry;
+use crate::shutdown::shutdown_requested;
+use crate::state::ConfigState;
+
+/// A response before it becomes HTTP: status, content type, body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Reply {
+    fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+
+    fn json(value: &impl serde::Serialize) -> Reply {
+        match serde_json::to_string_pretty(value) {
+            Ok(body) => Reply {
+                status: StatusCode::OK,
+                content_type: "application/json",
+                body: body + "\n",
+            },
+            Err(err) => Reply::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode JSON: {err}\n"),
+            ),
+        }
+    }
+}
+
+/// Routes one request. Pure apart from reading the shared state.
+pub fn route(method: &Method, path: &str, state: &ConfigState, registry: &ProxyRegistry) -> Reply {
+    let known = matches!(
+        path,
+        "/healthz" | "/debug/snapshot" | "/debug/proxies" | "/debug/errors" | "/debug/warnings"
+    );
+    if !known {
+        return Reply::text(StatusCode::NOT_FOUND, format!("no such page: {path}\n"));
+    }
+    if method != Method::GET {
+        return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
+    }
+    match path {
+        "/healthz" => Reply::text(StatusCode::OK, "ok"),
+        "/debug/snapshot" => Reply::json(&state.snapshot().view()),
+        "/debug/proxies" => Reply::json(&registry.list()),
+        "/debug/errors" => Reply::json(&state.report().errors),
+        _ => Reply::json(&state.report().warnings),
+    }
+}
+
+fn into_response(reply: Reply) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() = reply.status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    response
+}
+
+/// Serves until shutdown. Requests are instant, so open connections are
+/// simply dropped at shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ConfigState>,
+    registry: Arc<ProxyRegistry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown_requested(&mut shutdown) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(err) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                tracing::warn!("debug HTTP accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = Arc::clone(&state);
+        let registry = Arc::clone(&registry);
+        connections.spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let reply = route(request.method(), request.uri().path(), &state, &registry);
+                async move { Ok::<_, Infallible>(into_response(reply)) }
+            });
+            if let Err(err) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!("debug HTTP connection ended: {err}");
+            }
+        });
+    }
+    connections.abort_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Snapshot, SnapshotView};
+    use crate::state::ConfigReport;
+    use knit_proto::v1 as pb;
+
+    #[test]
+    fn routes() {
+        let state = ConfigState::new(Snapshot::new(
+            vec![pb::Service {
+                name: "web".to_owned(),
+                namespace: "default".to_owned(),
+                ..Default::default()
+            }],
+            Vec::new(),
+        ));
+        state.set_report(ConfigReport {
+            errors: vec!["config error: a.yaml doc 1: broken".to_owned()],
+            warnings: vec![],
+        });
+        let registry = ProxyRegistry::new();
+        let _proxy = registry.register(pb::Node {
+            pod_name: "web-a".to_owned(),
+            namespace: "default".to_owned(),
+            ..Default::default()
+        });
+
+        let health = route(&Method::GET, "/healthz", &state, &registry);
+        assert_eq!(
+            (health.status, health.body.as_str()),
+            (StatusCode::OK, "ok")
+        );
+
+        let snapshot = route(&Method::GET, "/debug/snapshot", &state, &registry);
+        assert_eq!(snapshot.content_type, "application/json");
+        let view: SnapshotView = match serde_json::from_str(&snapshot.body) {
+            Ok(view) => view,
+            Err(err) => panic!("{err}: {}", snapshot.body),
+        };
+        assert_eq!(view, state.snapshot().view());
+
+        let errors = route(&Method::GET, "/debug/errors", &state, &registry);
+        let errors: Vec<String> = serde_json::from_str(&errors.body).unwrap_or_default();
+        assert_eq!(errors, ["config error: a.yaml doc 1: broken"]);
+
+        let proxies = route(&Method::GET, "/debug/proxies", &state, &registry);
+        let proxies: serde_json::Value = serde_json::from_str(&proxies.body).unwrap_or_default();
+        assert_eq!(proxies[0]["pod_name"], "web-a");
+        assert_eq!(proxies[0]["acked_version"], serde_json::Value::Null);
+
+        assert_eq!(
+            route(&Method::GET, "/nope", &state, &registry).status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            route(&Method::POST, "/healthz", &state, &registry).status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! knitd, the Knit control plane, in file mode: a directory of YAML is
+//! loaded and validated (`config`), compiled into the snapshot every proxy
+//! needs (`translate`), published (`state`), and streamed to proxies over
+//! `Discovery.Stream` (`discovery`); `debug_http` shows it all.
+//!
+//! Data flow: files → [`config`] → [`model`] → [`translate`] → [`snapshot`]
+//! → [`state`] → [`discovery`].
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod debug_http;
+pub mod discovery;
+pub mod error;
+pub mod model;
+pub mod registry;
+pub mod shutdown;
+pub mod snapshot;
+pub mod state;
+pub mod translate;
+pub mod watch;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use knit_proto::v1::discovery_server::DiscoveryServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use error::Error;
+pub use registry::{ProxyRegistry, ProxyStatus};
+pub use snapshot::{Snapshot, SnapshotView};
+pub use state::{ConfigReport, ConfigState};
+pub use watch::{Compiled, compile_dir};
+
+/// Default address of the discovery gRPC server (plaintext).
+pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:15010";
+/// Default address of knitd's health and debug HTTP server.
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:15014";
+/// How often the config directory is checked for changes.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How long shutdown waits for the servers to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnitdOptions {
+    pub config_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub poll_interval: Duration,
+}
+
+impl KnitdOptions {
+    /// Options with the default addresses and poll interval.
+    pub fn new(config_dir: impl Into<PathBuf>) -> KnitdOptions {
+        KnitdOptions {
+            config_dir: config_dir.into(),
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 15010)),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 15014)),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+}
+
+/// A running knitd: its bound addresses, its state, and its tasks.
+#[derive(Debug)]
+pub struct Knitd {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    state: Arc<ConfigState>,
+    registry: Arc<ProxyRegistry>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: JoinSet<(&'static str, Result<(), Error>)>,
+}
+
+async fn bind(purpose: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind {
+            purpose,
+            addr,
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| Error::LocalAddr { purpose, source })?;
+    Ok((listener, local))
+}
+
+impl Knitd {
+    /// Loads the config directory once, then starts the directory watch, the
+    /// discovery server and the debug server. Bad config never fails this.
+    pub async fn start(options: KnitdOptions) -> Result<Knitd, Error> {
+        let (grpc_listener, grpc_addr) = bind("discovery gRPC", options.grpc_addr).await?;
+        let (http_listener, http_addr) = bind("debug HTTP", options.http_addr).await?;
+
+        let state = Arc::new(ConfigState::new(Snapshot::empty()));
+        let registry = ProxyRegistry::new();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let last_seen = watch::load_initial(&options.config_dir, &state).await;
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn({
+            let poll = watch::poll_config_dir(
+                options.config_dir.clone(),
+                Arc::clone(&state),
+                options.poll_interval,
+                last_seen,
+                stopped.clone(),
+            );
+            async move {
+                poll.await;
+                ("config watch", Ok(()))
+            }
+        });
+        tasks.spawn({
+            let service = discovery::DiscoveryService::new(
+                Arc::clone(&state),
+                Arc::clone(&registry),
+                stopped.clone(),
+            );
+            let mut stopped = stopped.clone();
+            let server = tonic::transport::Server::builder()
+                .add_service(DiscoveryServer::new(service))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                    shutdown::shutdown_requested(&mut stopped).await
+                });
+            async move { ("discovery gRPC server", server.await.map_err(Error::from)) }
+        });
+        tasks.spawn({
+            let serve = debug_http::serve(
+                http_listener,
+                Arc::clone(&state),
+                Arc::clone(&registry),
+                stopped,
+            );
+            async move {
+                serve.await;
+                ("debug HTTP server", Ok(()))
+            }
+        });
+        tracing::info!(%grpc_addr, %http_addr, dir = %options.config_dir.display(), "knitd serving");
+        Ok(Knitd {
+            grpc_addr,
+            http_addr,
+            state,
+            registry,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Where the discovery server listens (the real port when 0 was asked).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn state(&self) -> &Arc<ConfigState> {
+        &self.state
+    }
+
+    pub fn registry(&self) -> &Arc<ProxyRegistry> {
+        &self.registry
+    }
+
+    /// Resolves when a task stops on its own, which only happens on failure.
+    async fn failed(&mut self) -> Error {
+        match self.tasks.join_next().await {
+            Some(Ok((task, Err(error)))) => {
+                tracing::error!("{task} stopped: {error}");
+                error
+            }
+            Some(Ok((task, Ok(())))) => Error::Task {
+                task,
+                reason: "stopped unexpectedly".to_owned(),
+            },
+            Some(Err(join_error)) => Error::Task {
+                task: "knitd",
+                reason: join_error.to_string(),
+            },
+            None => Error::Task {
+                task: "knitd",
+                reason: "no tasks running".to_owned(),
+            },
+        }
+    }
+
+    /// Stops every task: streams end, servers close their listeners.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.stop.send_replace(true);
+        let mut first_error = None;
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while let Some(joined) = self.tasks.join_next().await {
+                match joined {
+                    Ok((_, Ok(()))) => {}
+                    Ok((task, Err(error))) => {
+                        tracing::error!("{task} failed during shutdown: {error}");
+                        first_error.get_or_insert(error);
+                    }
+                    Err(join_error) => {
+                        first_error.get_or_insert(Error::Task {
+                            task: "knitd",
+                            reason: join_error.to_string(),
+                        });
+                    }
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("knitd tasks did not stop within {SHUTDOWN_GRACE:?}; aborting them");
+            self.tasks.abort_all();
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs knitd until `shutdown` resolves (then stops gracefully) or a server
+/// fails.
+pub async fn run(options: KnitdOptions, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let mut knitd = Knitd::start(options).await?;
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        error = knitd.failed() => Some(error),
+    };
+    match failure {
+        None => {
+            tracing::info!("shutting down");
+            knitd.shutdown().await
+        }
+        Some(error) => {
+            // The failure is what matters; shutdown errors are logged.
+            let _ = knitd.shutdown().await;
+            Err(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_addresses_agree() {
+        let options = KnitdOptions::new("/etc/knit");
+        assert_eq!(DEFAULT_GRPC_ADDR.parse(), Ok(options.grpc_addr));
+        assert_eq!(DEFAULT_HTTP_ADDR.parse(), Ok(options.http_addr));
+    }
+}

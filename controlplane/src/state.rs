@@ -1,0 +1,94 @@
+//! The published state: the current snapshot behind an `ArcSwap` (readers
+//! never lock), the current config problems, and a `watch` channel that only
+//! says "the snapshot changed".
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::snapshot::Snapshot;
+
+/// Config problems of the last load, as shown by `/debug/errors`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigReport {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct ConfigState {
+    snapshot: ArcSwap<Snapshot>,
+    report: ArcSwap<ConfigReport>,
+    changed: watch::Sender<()>,
+}
+
+impl ConfigState {
+    pub fn new(initial: Snapshot) -> ConfigState {
+        ConfigState {
+            snapshot: ArcSwap::from_pointee(initial),
+            report: ArcSwap::from_pointee(ConfigReport::default()),
+            changed: watch::Sender::new(()),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn report(&self) -> Arc<ConfigReport> {
+        self.report.load_full()
+    }
+
+    /// A receiver that wakes on every later snapshot change.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    /// Publishes `snapshot` if its version differs from the current one.
+    /// Returns whether it did; an unchanged version wakes nobody.
+    pub fn publish(&self, snapshot: Snapshot) -> bool {
+        if self.snapshot.load().version == snapshot.version {
+            return false;
+        }
+        self.snapshot.store(Arc::new(snapshot));
+        self.changed.send_replace(());
+        true
+    }
+
+    pub fn set_report(&self, report: ConfigReport) {
+        self.report.store(Arc::new(report));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use knit_proto::v1 as pb;
+
+    fn snapshot_with(name: &str) -> Snapshot {
+        Snapshot::new(
+            vec![pb::Service {
+                name: name.to_owned(),
+                ..Default::default()
+            }],
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn only_a_new_version_is_published_and_signalled() {
+        let state = ConfigState::new(Snapshot::empty());
+        let mut changes = state.subscribe();
+        assert!(!state.publish(Snapshot::empty()));
+        assert!(!changes.has_changed().unwrap_or(true));
+
+        assert!(state.publish(snapshot_with("a")));
+        assert!(changes.has_changed().unwrap_or(false));
+        changes.mark_unchanged();
+        assert_eq!(state.snapshot().services[0].name, "a");
+
+        assert!(!state.publish(snapshot_with("a")));
+        assert!(!changes.has_changed().unwrap_or(true));
+    }
+}
