@@ -89,7 +89,9 @@ impl HttpHandler for InboundHttp {
         inc(&stats.http_requests);
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        match forward(&self.ctx.pool, req, self.orig_dst.0).await {
+        let app = self.orig_dst.0;
+        // One attempt: there is only one local app to try.
+        match forward(&self.ctx.pool, req, &app.to_string(), 1, || Ok(app)).await {
             Ok(resp) => resp,
             Err(e) => {
                 stats.errors.record(e.reason());

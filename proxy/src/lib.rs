@@ -93,13 +93,18 @@ pub async fn run(opts: ProxyOptions, shutdown: impl Future<Output = ()>) -> Resu
     };
     let control_plane = ControlPlaneClient::new(&opts.control_plane, node, ctx.clone())?;
 
+    // Each part is its own task, so config compilation never stalls an
+    // accept loop.
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(OutboundListener::new(outbound, ctx.clone()).run());
+    tasks.spawn(InboundListener::new(inbound, ctx.clone()).run());
+    tasks.spawn(AdminServer::new(admin, ctx.clone(), Role::Admin).run());
+    tasks.spawn(AdminServer::new(readiness, ctx.clone(), Role::Readiness).run());
+    tasks.spawn(control_plane.run());
     tokio::select! {
-        _ = OutboundListener::new(outbound, ctx.clone()).run() => {}
-        _ = InboundListener::new(inbound, ctx.clone()).run() => {}
-        _ = AdminServer::new(admin, ctx.clone(), Role::Admin).run() => {}
-        _ = AdminServer::new(readiness, ctx.clone(), Role::Readiness).run() => {}
-        _ = control_plane.run() => {}
+        _ = tasks.join_next() => tracing::error!("a proxy component stopped unexpectedly"),
         _ = shutdown => info!("shutting down"),
     }
+    tasks.shutdown().await;
     Ok(())
 }

@@ -134,26 +134,35 @@ struct OutboundHttp {
 impl OutboundHttp {
     async fn route_and_forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
         strip_knit_headers(req.headers_mut());
-        let upstream = {
+        let orig_dst = self.orig_dst.0;
+        let pick = || {
             let snapshot = self.ctx.config.load();
-            match snapshot.lookup(self.orig_dst.0) {
+            match snapshot.lookup(orig_dst) {
                 // The service disappeared under a live connection: go where
                 // the app was going, as for any unknown destination.
-                None => self.orig_dst.0,
-                Some(target) => match target.pick() {
-                    Some(ep) => ep.addr,
-                    None => {
-                        return Err(Error::NoEndpoints {
-                            service: target.service.clone(),
-                            port: target.port,
-                        });
-                    }
-                },
+                None => Ok(orig_dst),
+                Some(target) => target
+                    .pick()
+                    .map(|ep| ep.addr)
+                    .ok_or_else(|| Error::NoEndpoints {
+                        service: target.service.clone(),
+                        port: target.port,
+                    }),
             }
         };
-        forward(&self.ctx.pool, req, upstream).await
+        forward(
+            &self.ctx.pool,
+            req,
+            &orig_dst.to_string(),
+            UPSTREAM_ATTEMPTS,
+            pick,
+        )
+        .await
     }
 }
+
+/// Connection attempts per request (first try included) before giving up.
+const UPSTREAM_ATTEMPTS: usize = 3;
 
 impl HttpHandler for OutboundHttp {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {

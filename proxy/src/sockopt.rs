@@ -13,7 +13,8 @@ use crate::addr::OrigDstAddr;
 
 pub fn original_dst(stream: &TcpStream) -> std::io::Result<OrigDstAddr> {
     let local = stream.local_addr()?;
-    let addr = if local.is_ipv4() {
+    // An IPv4 client on a dual-stack socket shows up as v4-mapped IPv6.
+    let addr = if local.ip().to_canonical().is_ipv4() {
         let sin = getsockopt(stream, sockopt::OriginalDst)?;
         SocketAddr::V4(SocketAddrV4::new(
             Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
@@ -24,7 +25,7 @@ pub fn original_dst(stream: &TcpStream) -> std::io::Result<OrigDstAddr> {
         SocketAddr::V6(SocketAddrV6::new(
             Ipv6Addr::from(sin6.sin6_addr.s6_addr),
             u16::from_be(sin6.sin6_port),
-            sin6.sin6_flowinfo,
+            0,
             sin6.sin6_scope_id,
         ))
     };

@@ -352,3 +352,49 @@ async fn http2_prior_knowledge_goes_through_both_proxies() {
     assert_eq!(inbound_ctx.stats.to_map()["inbound.http.requests"], 3);
     assert_eq!(inbound_ctx.stats.to_map()["inbound.detect.http2"], 1);
 }
+
+#[tokio::test]
+async fn refused_endpoint_is_retried_on_the_next_one() {
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let live = start_app("live").await;
+    let ctx = context(&[dead, live]);
+    let proxy = captured(ctx.clone(), Side::Outbound, VIP.parse().expect("vip")).await;
+    let mut client = h1_client(proxy).await;
+    for _ in 0..4 {
+        client.ready().await.expect("ready");
+        let resp = client.send_request(get("/")).await.expect("response");
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "every request lands on the live endpoint"
+        );
+        assert!(text(resp).await.starts_with("live GET /"));
+    }
+    assert_eq!(
+        ctx.stats.to_map()["outbound.errors.upstream_connect_failed"],
+        0
+    );
+}
+
+#[tokio::test]
+async fn http10_request_without_host_gets_the_original_destination_as_authority() {
+    let a = start_app("a").await;
+    let ctx = context(&[a]);
+    let proxy = captured(ctx, Side::Outbound, VIP.parse().expect("vip")).await;
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    s.write_all(b"GET /old HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.expect("read");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.0 200"), "{got}");
+    assert!(
+        got.ends_with("a GET /old host=198.19.0.10:80 body=0"),
+        "{got}"
+    );
+}

@@ -18,6 +18,9 @@ use crate::context::ProxyContext;
 use crate::error::Error;
 use crate::stats::inc;
 
+/// How long a stream must last before the reconnect backoff starts over.
+const HEALTHY_STREAM: Duration = Duration::from_secs(5);
+
 pub struct ControlPlaneClient {
     endpoint: Endpoint,
     node: v1::Node,
@@ -54,7 +57,12 @@ impl ControlPlaneClient {
     pub async fn run(self) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
         loop {
-            match self.stream_once(&mut backoff).await {
+            let started = tokio::time::Instant::now();
+            let result = self.stream_once(&mut backoff).await;
+            if started.elapsed() >= HEALTHY_STREAM {
+                backoff.reset();
+            }
+            match result {
                 Ok(()) | Err(StreamEnd::Closed) => {
                     info!("control plane stream ended; reconnecting")
                 }
@@ -80,8 +88,13 @@ impl ControlPlaneClient {
         let mut responses = client.stream(ReceiverStream::new(rx)).await?.into_inner();
         inc(&self.ctx.stats.control_plane_connects);
         info!(control_plane = %self.endpoint.uri(), "connected to control plane");
+        let connected_at = tokio::time::Instant::now();
         while let Some(resp) = responses.message().await? {
-            backoff.reset();
+            // A server that answers once and then fails must not make us
+            // reconnect at the base rate forever.
+            if connected_at.elapsed() >= HEALTHY_STREAM {
+                backoff.reset();
+            }
             let reply = self.apply(&resp);
             if requests.send(reply).await.is_err() {
                 return Err(StreamEnd::Closed);

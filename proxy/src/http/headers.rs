@@ -56,17 +56,23 @@ pub fn strip_knit_headers(headers: &mut HeaderMap) {
 /// Puts a request into the shape `version` needs on the upstream hop,
 /// keeping the authority the client asked for: HTTP/1.1 wants origin-form
 /// plus `Host`; HTTP/2 wants scheme and authority in the URI.
-pub fn prepare_for_upstream<B>(req: &mut Request<B>, version: Version) -> Result<(), Error> {
-    let authority = match req.uri().authority() {
-        Some(a) => a.clone(),
-        None => {
-            let host = req
-                .headers()
-                .get(header::HOST)
-                .ok_or_else(|| Error::BadRequest("no Host header".into()))?;
-            uri::Authority::try_from(host.as_bytes())
-                .map_err(|_| Error::BadRequest(format!("invalid Host header {host:?}")))?
-        }
+///
+/// `fallback_authority` (the original destination) stands in for the Host
+/// header that HTTP/1.0 clients may omit.
+pub fn prepare_for_upstream<B>(
+    req: &mut Request<B>,
+    version: Version,
+    fallback_authority: &str,
+) -> Result<(), Error> {
+    let authority = match (req.uri().authority(), req.headers().get(header::HOST)) {
+        (Some(a), _) => a.clone(),
+        (None, Some(host)) => uri::Authority::try_from(host.as_bytes())
+            .map_err(|_| Error::BadRequest(format!("invalid Host header {host:?}")))?,
+        (None, None) => uri::Authority::try_from(fallback_authority).map_err(|_| {
+            Error::BadRequest(format!(
+                "no Host header and no usable authority in {fallback_authority:?}"
+            ))
+        })?,
     };
     let path = req
         .uri()
@@ -165,7 +171,7 @@ mod tests {
                 req = req.header(header::HOST, host);
             }
             let mut req = req.body(()).expect("request");
-            prepare_for_upstream(&mut req, version).expect("prepared");
+            prepare_for_upstream(&mut req, version, "198.19.0.10:80").expect("prepared");
             assert_eq!(req.uri().to_string(), want_uri, "{uri}");
             assert_eq!(
                 req.headers()
@@ -179,9 +185,17 @@ mod tests {
     }
 
     #[test]
-    fn request_without_authority_is_a_bad_request() {
+    fn request_without_host_uses_the_fallback_or_is_a_bad_request() {
+        let mut req = Request::builder()
+            .uri("/")
+            .version(Version::HTTP_10)
+            .body(())
+            .expect("request");
+        prepare_for_upstream(&mut req, Version::HTTP_11, "198.19.0.10:80").expect("fallback");
+        assert_eq!(req.headers()[header::HOST], "198.19.0.10:80");
+
         let mut req = Request::builder().uri("/").body(()).expect("request");
-        let err = prepare_for_upstream(&mut req, Version::HTTP_11).expect_err("no host");
+        let err = prepare_for_upstream(&mut req, Version::HTTP_11, "not a host").expect_err("bad");
         assert_eq!(err.reason(), "bad_request");
     }
 }

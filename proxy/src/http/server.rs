@@ -31,7 +31,10 @@ pub async fn serve<H: HttpHandler>(stream: TcpStream, handler: Arc<H>) {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(Duration::from_secs(30))
+        // A client may send its request and shut its write side; it still
+        // wants the response.
+        .half_close(true);
     builder
         .http2()
         .timer(TokioTimer::new())

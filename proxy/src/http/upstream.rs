@@ -30,7 +30,9 @@ impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
             connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(60),
+            // Below the 30 s idle limit peer proxies and most app servers
+            // apply, so we stop reusing a connection before they close it.
+            idle_timeout: Duration::from_secs(20),
             max_idle_per_endpoint: 64,
         }
     }
@@ -39,6 +41,22 @@ impl Default for PoolSettings {
 struct IdleH1 {
     sender: http1::SendRequest<Body>,
     since: Instant,
+}
+
+/// A failed send. `unsent` holds the request when it certainly never left
+/// the proxy, so the caller may send it elsewhere.
+pub struct SendError {
+    pub error: Error,
+    pub unsent: Option<Request<Body>>,
+}
+
+impl SendError {
+    fn sent(error: Error) -> Self {
+        SendError {
+            error,
+            unsent: None,
+        }
+    }
 }
 
 pub struct UpstreamPool {
@@ -62,7 +80,7 @@ impl UpstreamPool {
         self: &Arc<Self>,
         addr: SocketAddr,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<Response<Incoming>, SendError> {
         if req.version() == Version::HTTP_2 {
             self.send_h2(addr, req).await
         } else {
@@ -74,7 +92,7 @@ impl UpstreamPool {
         self: &Arc<Self>,
         addr: SocketAddr,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<Response<Incoming>, SendError> {
         // Reuse idle connections; one that turns out to be closed hands the
         // request back unsent, so trying the next one is safe.
         while let Some(mut sender) = self.checkout_h1(addr) {
@@ -89,19 +107,33 @@ impl UpstreamPool {
                         req = unsent;
                     }
                     None => {
-                        return Err(Error::UpstreamRequest {
+                        return Err(SendError::sent(Error::UpstreamRequest {
                             addr,
                             source: err.into_error(),
-                        });
+                        }));
                     }
                 },
             }
         }
-        let io = self.connect(addr).await?;
-        let (mut sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|source| Error::UpstreamHandshake { addr, source })?;
+        let io = match self.connect(addr).await {
+            Ok(io) => io,
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    unsent: Some(req),
+                });
+            }
+        };
+        let (mut sender, conn) = match http1::Builder::new().handshake(io).await {
+            Ok(handshake) => handshake,
+            Err(source) => {
+                let error = Error::UpstreamHandshake { addr, source };
+                return Err(SendError {
+                    error,
+                    unsent: Some(req),
+                });
+            }
+        };
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
@@ -110,7 +142,7 @@ impl UpstreamPool {
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|source| Error::UpstreamRequest { addr, source })?;
+            .map_err(|source| SendError::sent(Error::UpstreamRequest { addr, source }))?;
         self.checkin_h1_when_idle(addr, sender);
         Ok(resp)
     }
@@ -154,37 +186,83 @@ impl UpstreamPool {
         &self,
         addr: SocketAddr,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<Response<Incoming>, SendError> {
         let existing = {
             let conns = self.h2.lock().expect("pool lock poisoned");
-            conns.get(&addr).filter(|s| s.is_ready()).cloned()
+            conns
+                .get(&addr)
+                .filter(|s| s.is_ready() && !s.is_closed())
+                .cloned()
         };
-        let mut sender = match existing {
-            Some(sender) => sender,
-            None => {
-                let io = self.connect(addr).await?;
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Duration::from_secs(30))
-                    .handshake(io)
-                    .await
-                    .map_err(|source| Error::UpstreamHandshake { addr, source })?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+        let req = match existing {
+            None => req,
+            Some(mut sender) => match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut err) => {
+                    // A GOAWAY'd or dead connection: forget it; if the
+                    // request never left, send it on a fresh connection.
+                    self.evict_h2(addr, &sender);
+                    match err.take_message() {
+                        Some(unsent) => unsent,
+                        None => {
+                            let error = Error::UpstreamRequest {
+                                addr,
+                                source: err.into_error(),
+                            };
+                            return Err(SendError::sent(error));
+                        }
                     }
+                }
+            },
+        };
+        let io = match self.connect(addr).await {
+            Ok(io) => io,
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    unsent: Some(req),
                 });
-                self.h2
-                    .lock()
-                    .expect("pool lock poisoned")
-                    .insert(addr, sender.clone());
-                sender
             }
         };
+        let handshake = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(io)
+            .await;
+        let (mut sender, conn) = match handshake {
+            Ok(handshake) => handshake,
+            Err(source) => {
+                let error = Error::UpstreamHandshake { addr, source };
+                return Err(SendError {
+                    error,
+                    unsent: Some(req),
+                });
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        self.h2
+            .lock()
+            .expect("pool lock poisoned")
+            .insert(addr, sender.clone());
         sender
             .send_request(req)
             .await
-            .map_err(|source| Error::UpstreamRequest { addr, source })
+            .map_err(|source| SendError::sent(Error::UpstreamRequest { addr, source }))
+    }
+
+    fn evict_h2(&self, addr: SocketAddr, dead: &http2::SendRequest<Body>) {
+        let mut conns = self.h2.lock().expect("pool lock poisoned");
+        // Only if nobody replaced it with a fresh connection meanwhile.
+        if conns
+            .get(&addr)
+            .is_some_and(|current| current.is_closed() || dead.is_closed())
+        {
+            conns.remove(&addr);
+        }
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, Error> {
