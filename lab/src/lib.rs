@@ -1,0 +1,54 @@
+//! knit-lab: a Knit mesh on one machine.
+//!
+//! A "pod" is a network namespace with a veth into the bridge `knit0` of a
+//! "node" namespace the lab makes. Pods get addresses in 198.18.0.0/16,
+//! services VIPs in 198.19.0.0/16; nothing touches the host's own network
+//! namespace. The lab runs the real binaries — `knitd` in the node,
+//! `knit-init` and `knit-proxy` (uid 1337) in pods — plus its own echo app
+//! and load client, and tears everything down on drop.
+//!
+//! ```no_run
+//! use knit_lab::{ClientSpec, Lab, PodSpec, ServiceSpec};
+//!
+//! # fn main() -> knit_lab::Result<()> {
+//! let mut lab = Lab::new("example")?;
+//! lab.start_knitd()?;
+//! lab.add_service(ServiceSpec::new("backend").port("http", 80, 8080).selector("app", "backend"))?;
+//! lab.add_pod(PodSpec::new("backend-1").label("app", "backend").sidecar(true))?;
+//! lab.add_pod(PodSpec::new("frontend").sidecar(true))?;
+//! let report = lab.run_client("frontend", &ClientSpec::new("http://backend/").count(10))?;
+//! assert!(report.all_ok());
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod cleanup;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod echo;
+mod error;
+pub mod iptables;
+mod lab;
+pub mod netns;
+mod pod;
+mod probe;
+pub mod process;
+mod report;
+mod service;
+mod spec;
+mod wait;
+
+pub use cleanup::{Leftovers, remove_leftovers};
+pub use client::{ClientReport, ClientSpec, HttpResponse};
+pub use error::{LabError, Result};
+pub use iptables::NatRule;
+pub use lab::{KNITD_GRPC_ADDR, KNITD_HTTP_ADDR, Lab, Pod, ShutdownHandle};
+pub use netns::NODE_IP;
+pub use pod::{PROXY_ADMIN_PORT, PROXY_READY_PORT, PROXY_UID, workload_entry_file};
+pub use probe::ClientHandle;
+pub use process::{find_binary, find_tool};
+pub use spec::{PodSpec, ServicePort, ServiceSpec};
+pub use wait::wait_until;

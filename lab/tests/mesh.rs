@@ -1,0 +1,274 @@
+//! Mesh tests: traffic through real sidecars (knit-init capture +
+//! knit-proxy) configured by a real knitd. Needs root and the workspace's
+//! binaries (`cargo build --workspace`).
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::{OrLogs, new_lab};
+use knit_lab::{ClientSpec, Lab, PodSpec, ServiceSpec, wait_until};
+
+/// Every string in a JSON tree: the config dump's shape is the proxy's
+/// business, but endpoint addresses appear in it as strings.
+fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
+fn lists_endpoints(lab: &Lab, pod: &str, ips: &[Ipv4Addr]) -> knit_lab::Result<bool> {
+    let dump = lab.proxy_config_dump(pod)?;
+    let mut found = Vec::new();
+    strings(&dump, &mut found);
+    Ok(ips.iter().all(|ip| {
+        let ip = ip.to_string();
+        found
+            .iter()
+            .any(|s| *s == ip || s.starts_with(&format!("{ip}:")))
+    }))
+}
+
+#[test]
+fn sidecar_smoke_frontend_reaches_both_backends_through_the_mesh() {
+    let mut lab = new_lab("mesh");
+    lab.start_knitd().or_logs(&lab);
+    lab.add_service(
+        ServiceSpec::new("backend")
+            .vip(Ipv4Addr::new(198, 19, 0, 10))
+            .port("http", 80, 8080)
+            .selector("app", "backend"),
+    )
+    .or_logs(&lab);
+    let mut backend_ips = Vec::new();
+    for name in ["backend-1", "backend-2"] {
+        let pod = lab
+            .add_pod(
+                PodSpec::new(name)
+                    .label("app", "backend")
+                    .service_account("backend")
+                    .sidecar(true),
+            )
+            .or_logs(&lab);
+        backend_ips.push(pod.ip);
+    }
+    lab.add_pod(
+        PodSpec::new("frontend")
+            .label("app", "frontend")
+            .service_account("frontend")
+            .sidecar(true),
+    )
+    .or_logs(&lab);
+    wait_until(
+        "frontend's proxy to list both backends",
+        Duration::from_secs(30),
+        || lists_endpoints(&lab, "frontend", &backend_ips),
+    )
+    .or_logs(&lab);
+
+    let report = lab
+        .run_client(
+            "frontend",
+            &ClientSpec::new("http://backend/").count(100).concurrency(4),
+        )
+        .or_logs(&lab);
+    let logs = || lab.logs_tail(30);
+    assert_eq!(
+        (report.sent, report.ok),
+        (100, 100),
+        "{report:?}\n{}",
+        logs()
+    );
+    assert_eq!(report.statuses.get(&200), Some(&100), "{report:?}");
+    for b in ["backend-1", "backend-2"] {
+        assert!(
+            report.by_pod.get(b).is_some_and(|n| *n > 0),
+            "{b} never answered: {report:?}"
+        );
+    }
+    assert_eq!(report.by_pod.values().sum::<u64>(), 100, "{report:?}");
+
+    // The requests went through the proxies, not around them.
+    let out = lab.proxy_stats("frontend").or_logs(&lab);
+    assert!(
+        out.get("outbound.http.requests").is_some_and(|n| *n >= 100),
+        "frontend stats: {out:?}"
+    );
+    let inbound: u64 = ["backend-1", "backend-2"]
+        .iter()
+        .map(|b| {
+            lab.proxy_stats(b)
+                .or_logs(&lab)
+                .get("inbound.http.requests")
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(
+        inbound >= 100,
+        "backends' inbound.http.requests add up to {inbound}"
+    );
+    let redirected: u64 = lab
+        .iptables_nat_rules("frontend")
+        .or_logs(&lab)
+        .iter()
+        .filter(|r| r.is_redirect())
+        .map(|r| r.packets)
+        .sum();
+    assert!(
+        redirected > 0,
+        "no REDIRECT rule in frontend counted a connection"
+    );
+}
+
+#[test]
+fn knitd_lifecycle_and_debug_api() {
+    let mut lab = new_lab("knitd");
+    lab.start_knitd().or_logs(&lab);
+    assert!(lab.knitd_running());
+    assert!(
+        lab.start_knitd()
+            .unwrap_err()
+            .to_string()
+            .contains("already exists")
+    );
+    lab.knitd_get("/healthz").or_logs(&lab);
+
+    lab.add_service(
+        ServiceSpec::new("backend")
+            .port("http", 80, 8080)
+            .selector("app", "backend"),
+    )
+    .or_logs(&lab);
+    wait_until(
+        "knitd's snapshot to show the backend service",
+        Duration::from_secs(30),
+        || {
+            let snap = lab.knitd_get_json("/debug/snapshot")?;
+            let mut found = Vec::new();
+            strings(&snap["services"], &mut found);
+            Ok(snap.get("version").is_some() && found.iter().any(|s| s.contains("backend")))
+        },
+    )
+    .or_logs(&lab);
+    let proxies = lab.knitd_get_json("/debug/proxies").or_logs(&lab);
+    assert!(proxies.is_array(), "{proxies}");
+
+    // A crash: knitd is gone and says nothing; a restart brings it back
+    // with the same config dir.
+    lab.stop_knitd().or_logs(&lab);
+    assert!(!lab.knitd_running());
+    assert!(lab.knitd_get("/healthz").is_err());
+    assert!(lab.stop_knitd().is_err(), "stopping twice is an error");
+    lab.restart_knitd().or_logs(&lab);
+    lab.knitd_get("/healthz").or_logs(&lab);
+    let snap = lab.knitd_get_json("/debug/snapshot").or_logs(&lab);
+    let mut found = Vec::new();
+    strings(&snap["services"], &mut found);
+    assert!(found.iter().any(|s| s.contains("backend")), "{snap}");
+}
+
+/// `knit-lab demo` as a newcomer runs it (without `cargo run`, so it does
+/// not rebuild from inside the test run).
+fn demo_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_knit-lab"));
+    cmd.arg("demo").env_remove("CARGO");
+    cmd
+}
+
+#[test]
+fn demo_succeeds_and_cleans_up() {
+    let out = demo_command().output().expect("running knit-lab demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("✔ 50/50 requests through the mesh; 3 replicas"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("outbound.http.requests     +20"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn demo_interrupted_cleans_up_and_exits_130() {
+    use std::io::BufRead;
+    use std::sync::mpsc;
+
+    let mut child = demo_command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting knit-lab demo");
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // Interrupt once the mesh is up and traffic is about to flow.
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) => {
+                let step = line.contains("==> Step 1");
+                seen.push(line);
+                if step {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("demo never reached step 1 ({e}):\n{}", seen.join("\n"));
+            }
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("demo did not exit after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{status}; stderr:\n{stderr}");
+    assert!(stderr.contains("SIGINT received"), "{stderr}");
+    let prefix = format!("knl-{pid}-");
+    let left: Vec<String> = common::netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    let etc: Vec<String> = std::fs::read_dir("/etc/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !etc.iter().any(|n| n.contains(&prefix)),
+        "/etc/netns left behind: {etc:?}"
+    );
+}
