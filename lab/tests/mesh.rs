@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::{OrLogs, new_lab};
-use knit_lab::{ClientSpec, Lab, PodSpec, ServiceSpec, wait_until};
+use knit_lab::{ServiceSpec, wait_until};
 
 /// Every string in a JSON tree: the config dump's shape is the proxy's
 /// business, but endpoint addresses appear in it as strings.
@@ -21,109 +20,6 @@ fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
-fn lists_endpoints(lab: &Lab, pod: &str, ips: &[Ipv4Addr]) -> knit_lab::Result<bool> {
-    let dump = lab.proxy_config_dump(pod)?;
-    let mut found = Vec::new();
-    strings(&dump, &mut found);
-    Ok(ips.iter().all(|ip| {
-        let ip = ip.to_string();
-        found
-            .iter()
-            .any(|s| *s == ip || s.starts_with(&format!("{ip}:")))
-    }))
-}
-
-#[test]
-fn sidecar_smoke_frontend_reaches_both_backends_through_the_mesh() {
-    let mut lab = new_lab("mesh");
-    lab.start_knitd().or_logs(&lab);
-    lab.add_service(
-        ServiceSpec::new("backend")
-            .vip(Ipv4Addr::new(198, 19, 0, 10))
-            .port("http", 80, 8080)
-            .selector("app", "backend"),
-    )
-    .or_logs(&lab);
-    let mut backend_ips = Vec::new();
-    for name in ["backend-1", "backend-2"] {
-        let pod = lab
-            .add_pod(
-                PodSpec::new(name)
-                    .label("app", "backend")
-                    .service_account("backend")
-                    .sidecar(true),
-            )
-            .or_logs(&lab);
-        backend_ips.push(pod.ip);
-    }
-    lab.add_pod(
-        PodSpec::new("frontend")
-            .label("app", "frontend")
-            .service_account("frontend")
-            .sidecar(true),
-    )
-    .or_logs(&lab);
-    wait_until(
-        "frontend's proxy to list both backends",
-        Duration::from_secs(30),
-        || lists_endpoints(&lab, "frontend", &backend_ips),
-    )
-    .or_logs(&lab);
-
-    let report = lab
-        .run_client(
-            "frontend",
-            &ClientSpec::new("http://backend/").count(100).concurrency(4),
-        )
-        .or_logs(&lab);
-    let logs = || lab.logs_tail(30);
-    assert_eq!(
-        (report.sent, report.ok),
-        (100, 100),
-        "{report:?}\n{}",
-        logs()
-    );
-    assert_eq!(report.statuses.get(&200), Some(&100), "{report:?}");
-    for b in ["backend-1", "backend-2"] {
-        assert!(
-            report.by_pod.get(b).is_some_and(|n| *n > 0),
-            "{b} never answered: {report:?}"
-        );
-    }
-    assert_eq!(report.by_pod.values().sum::<u64>(), 100, "{report:?}");
-
-    // The requests went through the proxies, not around them.
-    let out = lab.proxy_stats("frontend").or_logs(&lab);
-    assert!(
-        out.get("outbound.http.requests").is_some_and(|n| *n >= 100),
-        "frontend stats: {out:?}"
-    );
-    let inbound: u64 = ["backend-1", "backend-2"]
-        .iter()
-        .map(|b| {
-            lab.proxy_stats(b)
-                .or_logs(&lab)
-                .get("inbound.http.requests")
-                .copied()
-                .unwrap_or(0)
-        })
-        .sum();
-    assert!(
-        inbound >= 100,
-        "backends' inbound.http.requests add up to {inbound}"
-    );
-    let redirected: u64 = lab
-        .iptables_nat_rules("frontend")
-        .or_logs(&lab)
-        .iter()
-        .filter(|r| r.is_redirect())
-        .map(|r| r.packets)
-        .sum();
-    assert!(
-        redirected > 0,
-        "no REDIRECT rule in frontend counted a connection"
-    );
-}
 
 #[test]
 fn knitd_lifecycle_and_debug_api() {
@@ -180,9 +76,48 @@ fn demo_command() -> std::process::Command {
     cmd
 }
 
+/// Whatever a finished demo (pid `pid`) could have left: its namespaces,
+/// its temp dir, and any process whose command line names either.
+fn demo_leftovers(pid: u32) -> Vec<String> {
+    let prefix = format!("knl-{pid}-");
+    let tmp = format!("knit-lab-demo-{pid}-");
+    let mut left: Vec<String> = common::netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+        left.extend(
+            dir.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&tmp)),
+        );
+    }
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for entry in procs.filter_map(Result::ok) {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&prefix) || cmdline.contains(&tmp) {
+                left.push(format!(
+                    "process {}: {cmdline}",
+                    entry.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    left
+}
+
 #[test]
 fn demo_succeeds_and_cleans_up() {
-    let out = demo_command().output().expect("running knit-lab demo");
+    let child = demo_command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running knit-lab demo");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("waiting for knit-lab demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
@@ -194,6 +129,8 @@ fn demo_succeeds_and_cleans_up() {
         stdout.contains("outbound.http.requests     +20"),
         "{stdout}"
     );
+    let left = demo_leftovers(pid);
+    assert!(left.is_empty(), "the demo left behind: {left:?}");
 }
 
 #[test]
