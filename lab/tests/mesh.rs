@@ -20,7 +20,6 @@ fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
-
 #[test]
 fn knitd_lifecycle_and_debug_api() {
     let mut lab = new_lab("knitd");
