@@ -125,8 +125,18 @@ pub struct Workload {
     pub service_account: String,
     /// Port name → number, for named targetPorts.
     pub ports: BTreeMap<String, u16>,
+    /// Where the workload's Knit proxy takes mesh traffic; `None` when it
+    /// runs without one.
+    pub mesh_port: Option<u16>,
     pub origin: DocumentRef,
 }
+
+/// The annotation that says whether a WorkloadEntry runs a Knit proxy:
+/// `knit` (the default) or `none`.
+pub const PROXY_ANNOTATION: &str = "mesh.knit.dev/proxy";
+
+/// The port a Knit proxy accepts mesh HTTP/2 on.
+pub const MESH_PORT: u16 = 15008;
 
 /// The whole validated config, in load order (files by name, then document).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

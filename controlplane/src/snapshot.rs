@@ -146,6 +146,8 @@ pub struct EndpointView {
     pub service_account: String,
     /// Service port → target port on this workload.
     pub ports: BTreeMap<u32, u32>,
+    /// Where the workload's Knit proxy takes mesh traffic; 0 = no proxy.
+    pub mesh_port: u32,
 }
 
 impl From<&Snapshot> for SnapshotView {
@@ -186,6 +188,7 @@ impl From<&Snapshot> for SnapshotView {
                             workload_namespace: e.workload_namespace.clone(),
                             service_account: e.service_account.clone(),
                             ports: e.ports.iter().map(|(k, v)| (*k, *v)).collect(),
+                            mesh_port: e.mesh_port,
                         })
                         .collect(),
                 })
@@ -205,6 +208,7 @@ mod tests {
             workload_namespace: "default".to_owned(),
             service_account: "default".to_owned(),
             ports: ports.iter().copied().collect(),
+            mesh_port: 15008,
         }
     }
 

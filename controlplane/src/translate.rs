@@ -127,6 +127,7 @@ fn endpoint_for(
         workload_namespace: workload.namespace.clone(),
         service_account: workload.service_account.clone(),
         ports: resolved,
+        mesh_port: workload.mesh_port.map_or(0, u32::from),
     })
 }
 

@@ -59,6 +59,7 @@ fn workload(
         labels: labels(label_pairs),
         service_account: "default".to_owned(),
         ports: ports.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
+        mesh_port: Some(15008),
         origin: origin("pods.yaml", 1),
     }
 }

@@ -1,16 +1,28 @@
 //! The `knit-init` command line.
+//!
+//! Every capture option is a long option named after what it controls, so
+//! pod annotations can map onto them one to one. List values are one
+//! comma-separated argument; `*` means everything and `""` nothing.
 
-use clap::Parser;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
 
 use crate::config::{
-    CaptureConfig, DEFAULT_INBOUND_PORT, DEFAULT_OUTBOUND_PORT, DEFAULT_PROXY_ID, parse_port_list,
+    CaptureConfig, DEFAULT_INBOUND_PORT, DEFAULT_MESH_PORT, DEFAULT_OUTBOUND_PORT,
+    DEFAULT_PROXY_ID, Selection, parse_cidr_list, parse_cidr_selection, parse_interface_list,
+    parse_port_list, parse_port_selection,
 };
 use crate::error::InitError;
+use crate::family::Family;
+use crate::iptables::Iptables;
+use crate::rules::Cidr;
 
-/// Installs the nat-table iptables rules that capture this network namespace's
-/// TCP traffic for the Knit proxy: inbound TCP goes to the inbound port,
-/// outbound TCP to the outbound port, except the proxy's own traffic and
-/// loopback. Applied as one iptables-restore transaction; safe to re-run.
+/// Installs the nat-table iptables and ip6tables rules that capture this
+/// network namespace's TCP traffic for the Knit proxy: inbound TCP goes to the
+/// inbound port, outbound TCP to the outbound port, except the proxy's own
+/// traffic, loopback and what the options exclude. Each family is applied as
+/// one restore transaction; safe to re-run.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "knit-init", version)]
 pub struct Cli {
@@ -22,39 +34,154 @@ pub struct Cli {
     #[arg(long, value_name = "GID", default_value_t = DEFAULT_PROXY_ID)]
     pub proxy_gid: u32,
 
+    /// Port of the proxy's inbound listener.
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_INBOUND_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub inbound_port: u16,
+
     /// Port of the proxy's outbound listener.
     #[arg(long, value_name = "PORT", default_value_t = DEFAULT_OUTBOUND_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub outbound_port: u16,
 
-    /// Port of the proxy's inbound listener.
-    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_INBOUND_PORT,
+    /// Port where the proxy accepts connections from peer proxies; never
+    /// captured inbound.
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_MESH_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
-    pub inbound_port: u16,
+    pub mesh_port: u16,
+
+    /// Inbound destination ports to capture: `*` for all, a comma-separated
+    /// list, or "" for none. Excluded ports and the proxy's own ports are never captured.
+    #[arg(long, value_name = "PORTS", default_value = "*",
+          value_parser = parse_port_selection_arg)]
+    pub include_inbound_ports: PortSelection,
 
     /// Comma-separated inbound destination ports that are not captured ("" for none).
     #[arg(long, value_name = "PORTS", default_value = "15000,15021,15090",
           value_parser = parse_port_list_arg)]
     pub exclude_inbound_ports: PortList,
 
-    /// Print the iptables-restore transaction instead of running it; with --cleanup, the one
+    /// Outbound destinations to capture: `*` for all, a comma-separated list of
+    /// IPv4/IPv6 CIDRs (only these are captured), or "" for none.
+    #[arg(long, value_name = "CIDRS", default_value = "*",
+          value_parser = parse_cidr_selection_arg)]
+    pub include_outbound_cidrs: CidrSelection,
+
+    /// Comma-separated IPv4/IPv6 CIDRs whose outbound traffic is not captured.
+    #[arg(long, value_name = "CIDRS", default_value = "",
+          value_parser = parse_cidr_list_arg)]
+    pub exclude_outbound_cidrs: CidrList,
+
+    /// Comma-separated outbound destination ports that are not captured.
+    #[arg(long, value_name = "PORTS", default_value = "",
+          value_parser = parse_port_list_arg)]
+    pub exclude_outbound_ports: PortList,
+
+    /// Comma-separated interfaces whose traffic, in or out, is not captured
+    /// (a trailing `+` matches every name with that prefix).
+    #[arg(long, value_name = "IFACES", default_value = "",
+          value_parser = parse_interface_list_arg)]
+    pub exclude_interfaces: InterfaceList,
+
+    /// Capture outbound TCP to port 53 too; by default DNS over TCP is left alone.
+    #[arg(long)]
+    pub capture_dns: bool,
+
+    /// Capture IPv6 as well: on, off, or auto (on when the namespace has a
+    /// global-scope IPv6 address). A dry run treats auto as off.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = Ipv6Mode::Auto)]
+    pub ipv6: Ipv6Mode,
+
+    /// Apply inside the network namespace at this path (e.g. /var/run/netns/NAME)
+    /// instead of the current one. Ignored by a dry run.
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+
+    /// Report rules found in the other iptables backend (legacy vs nf_tables)
+    /// as a warning instead of failing.
+    #[arg(long)]
+    pub allow_backend_mismatch: bool,
+
+    /// Print the restore transactions instead of running them; with --cleanup, the ones
     /// removing what these options install. Needs neither root nor iptables.
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Remove every rule and chain knit-init installed, instead of installing them.
+    /// Remove every rule and chain knit-init installed (IPv4, and IPv6 unless
+    /// --ipv6 off), instead of installing them.
     #[arg(long)]
     pub cleanup: bool,
+
+    /// The iptables-save to run (default: from PATH). For unusual installs and
+    /// tests that need to replace one family's tools.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub iptables_save: Option<String>,
+
+    /// The iptables-restore to run (default: from PATH).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub iptables_restore: Option<String>,
+
+    /// The ip6tables-save to run (default: from PATH).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub ip6tables_save: Option<String>,
+
+    /// The ip6tables-restore to run (default: from PATH); the tests point it at
+    /// a failing script to prove a failed IPv6 apply rolls IPv4 back.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub ip6tables_restore: Option<String>,
+}
+
+/// Whether IPv6 is captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ipv6Mode {
+    /// Always; fails when ip6tables cannot be used.
+    On,
+    /// Never; IPv6 rules are left as they are.
+    Off,
+    /// When the namespace has a global-scope IPv6 address.
+    Auto,
 }
 
 /// A list of ports given as one comma-separated argument.
 ///
-/// A newtype rather than `Vec<u16>`, which clap would treat as a repeated option.
+/// Newtypes rather than `Vec`, which clap would treat as a repeated option.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortList(pub Vec<u16>);
 
+/// `*` or a list of ports, as one argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSelection(pub Selection<u16>);
+
+/// A list of CIDRs, as one argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CidrList(pub Vec<Cidr>);
+
+/// `*` or a list of CIDRs, as one argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CidrSelection(pub Selection<Cidr>);
+
+/// A list of interface names, as one argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceList(pub Vec<String>);
+
 fn parse_port_list_arg(text: &str) -> Result<PortList, String> {
     parse_port_list(text).map(PortList)
+}
+
+fn parse_port_selection_arg(text: &str) -> Result<PortSelection, String> {
+    parse_port_selection(text).map(PortSelection)
+}
+
+fn parse_cidr_list_arg(text: &str) -> Result<CidrList, String> {
+    parse_cidr_list(text).map(CidrList)
+}
+
+fn parse_cidr_selection_arg(text: &str) -> Result<CidrSelection, String> {
+    parse_cidr_selection(text).map(CidrSelection)
+}
+
+fn parse_interface_list_arg(text: &str) -> Result<InterfaceList, String> {
+    parse_interface_list(text).map(InterfaceList)
 }
 
 impl Cli {
@@ -65,88 +192,35 @@ impl Cli {
             proxy_gid: self.proxy_gid,
             outbound_port: self.outbound_port,
             inbound_port: self.inbound_port,
+            mesh_port: self.mesh_port,
+            include_inbound_ports: self.include_inbound_ports.0.clone(),
             exclude_inbound_ports: self.exclude_inbound_ports.0.clone(),
+            include_outbound_cidrs: self.include_outbound_cidrs.0.clone(),
+            exclude_outbound_cidrs: self.exclude_outbound_cidrs.0.clone(),
+            exclude_outbound_ports: self.exclude_outbound_ports.0.clone(),
+            exclude_interfaces: self.exclude_interfaces.0.clone(),
+            capture_dns: self.capture_dns,
         };
         config.validate()?;
         Ok(config)
     }
+
+    /// The tools of `family`, honouring the hidden per-binary overrides.
+    pub fn iptables(&self, family: Family) -> Iptables {
+        let (save, restore) = match family {
+            Family::Ipv4 => (&self.iptables_save, &self.iptables_restore),
+            Family::Ipv6 => (&self.ip6tables_save, &self.ip6tables_restore),
+        };
+        Iptables::new(
+            family,
+            save.clone()
+                .unwrap_or_else(|| family.save_tool().to_string()),
+            restore
+                .clone()
+                .unwrap_or_else(|| family.restore_tool().to_string()),
+        )
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("knit-init").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn command_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn defaults_follow_knit_conventions() {
-        let cli = parse(&[]).expect("no arguments are valid");
-        assert_eq!(
-            cli.capture_config().expect("defaults are valid"),
-            CaptureConfig::default()
-        );
-        assert!(!cli.dry_run && !cli.cleanup);
-    }
-
-    #[test]
-    fn options_reach_the_capture_config() {
-        let cli = parse(&[
-            "--proxy-uid",
-            "2000",
-            "--proxy-gid",
-            "3000",
-            "--outbound-port",
-            "16001",
-            "--inbound-port",
-            "16006",
-            "--exclude-inbound-ports",
-            "22,8443",
-            "--dry-run",
-            "--cleanup",
-        ])
-        .expect("valid arguments");
-        assert_eq!(
-            cli.capture_config().expect("valid"),
-            CaptureConfig {
-                proxy_uid: 2000,
-                proxy_gid: 3000,
-                outbound_port: 16001,
-                inbound_port: 16006,
-                exclude_inbound_ports: vec![22, 8443],
-            }
-        );
-        assert!(cli.dry_run && cli.cleanup);
-        let empty = parse(&["--exclude-inbound-ports", ""]).expect("empty list is valid");
-        assert!(empty.exclude_inbound_ports.0.is_empty());
-    }
-
-    #[test]
-    fn bad_values_are_rejected_with_the_option_named() {
-        let cases: &[(&[&str], &str)] = &[
-            (&["--outbound-port", "0"], "--outbound-port"),
-            (&["--inbound-port", "65536"], "--inbound-port"),
-            (&["--proxy-uid=-1"], "--proxy-uid"),
-            (&["--proxy-gid", "root"], "--proxy-gid"),
-            (
-                &["--exclude-inbound-ports", "80,web"],
-                "`web` is not a port number",
-            ),
-        ];
-        for (args, fragment) in cases {
-            let err = parse(args).expect_err("invalid arguments");
-            let message = err.to_string();
-            assert!(message.contains(fragment), "{args:?}: {message}");
-        }
-        let same_ports = parse(&["--inbound-port", "15001"]).expect("parses");
-        let err = same_ports.capture_config().expect_err("ports collide");
-        assert!(err.to_string().contains("--inbound-port"), "{err}");
-    }
-}
+mod tests;

@@ -1,26 +1,36 @@
-//! Runs the iptables-save / iptables-restore binaries.
+//! Runs the iptables-save / iptables-restore binaries of one address family.
 
 use std::io::{self, Write};
 use std::process::{Command, ExitStatus, Output, Stdio};
 
+use crate::backend::{BackendInspection, OtherBackend};
 use crate::error::InitError;
+use crate::family::{Backend, Family};
 use crate::rules::Table;
 
 /// How long iptables-restore waits for the legacy xtables lock held by another writer.
 const LOCK_WAIT_SECONDS: u32 = 30;
+/// The package that ships every iptables tool knit-init runs.
+const IPTABLES_PACKAGE: &str = "iptables";
 
-/// Reads and changes netfilter rules; the one place with side effects.
+/// Reads and changes the netfilter rules of one address family; the one
+/// place with side effects. One value per family, so each can be replaced
+/// on its own (tests force an IPv6 failure this way).
 pub trait Netfilter {
     /// The rules of `table` in iptables-save format (without counters).
     fn save(&self, table: Table) -> Result<String, InitError>;
 
     /// Applies `transaction` with `--noflush` as one atomic transaction.
     fn restore(&self, transaction: &str) -> Result<(), InitError>;
+
+    /// Which backend the tools in use drive, and what the other backend holds.
+    fn inspect_backends(&self) -> Result<BackendInspection, InitError>;
 }
 
 /// The iptables command-line tools of one address family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Iptables {
+    family: Family,
     save_binary: String,
     restore_binary: String,
 }
@@ -28,15 +38,59 @@ pub struct Iptables {
 impl Iptables {
     /// The IPv4 tools, looked up in PATH.
     pub fn ipv4() -> Self {
-        Iptables::new("iptables-save", "iptables-restore")
+        Iptables::for_family(Family::Ipv4)
     }
 
-    /// Tools with the given names or paths (e.g. `ip6tables-save`, `ip6tables-restore`).
-    pub fn new(save_binary: impl Into<String>, restore_binary: impl Into<String>) -> Self {
+    /// The IPv6 tools, looked up in PATH.
+    pub fn ipv6() -> Self {
+        Iptables::for_family(Family::Ipv6)
+    }
+
+    /// The tools of `family`, looked up in PATH.
+    pub fn for_family(family: Family) -> Self {
+        Iptables::new(family, family.save_tool(), family.restore_tool())
+    }
+
+    /// Tools of `family` with the given names or paths.
+    pub fn new(
+        family: Family,
+        save_binary: impl Into<String>,
+        restore_binary: impl Into<String>,
+    ) -> Self {
         Iptables {
+            family,
             save_binary: save_binary.into(),
             restore_binary: restore_binary.into(),
         }
+    }
+
+    /// The family these tools write.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// The first line `SAVE --version` prints, e.g. `iptables-save v1.8.9 (nf_tables)`.
+    fn version_line(&self) -> Result<Result<String, String>, InitError> {
+        let binary = &self.save_binary;
+        let output = Command::new(binary)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| spawn_error(binary, IPTABLES_PACKAGE, source))?;
+        if !output.status.success() {
+            return Ok(Err(format!(
+                "`{binary} --version` failed ({}): {}",
+                describe_status(output.status),
+                trimmed_stderr(&output)
+            )));
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        Ok(Ok(stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()))
     }
 }
 
@@ -47,7 +101,7 @@ impl Netfilter for Iptables {
             .args(["-t", table.name()])
             .stdin(Stdio::null())
             .output()
-            .map_err(|source| spawn_error(binary, source))?;
+            .map_err(|source| spawn_error(binary, IPTABLES_PACKAGE, source))?;
         if output.status.success() {
             return String::from_utf8(output.stdout).map_err(|_| InitError::SaveFailed {
                 binary: binary.clone(),
@@ -81,7 +135,7 @@ impl Netfilter for Iptables {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| spawn_error(binary, source))?;
+            .map_err(|source| spawn_error(binary, IPTABLES_PACKAGE, source))?;
         let stdin = child.stdin.take();
         // Feed stdin from its own thread so a chatty child cannot block on a
         // full stderr pipe while we are still writing.
@@ -98,7 +152,7 @@ impl Netfilter for Iptables {
                 .unwrap_or_else(|_| Err(io::Error::other("stdin writer panicked")));
             (written, output)
         });
-        let output = output.map_err(|source| spawn_error(binary, source))?;
+        let output = output.map_err(|source| spawn_error(binary, IPTABLES_PACKAGE, source))?;
         let stderr = trimmed_stderr(&output);
         if !output.status.success() {
             return Err(if is_permission_problem(&stderr) {
@@ -121,12 +175,59 @@ impl Netfilter for Iptables {
             stderr: format!("it did not read the whole transaction: {err}"),
         })
     }
+
+    /// Reads the other backend with its own save tool and no `-t`: that
+    /// prints only tables which already exist, so looking never creates a
+    /// table or loads a kernel module.
+    fn inspect_backends(&self) -> Result<BackendInspection, InitError> {
+        let in_use = self.version_line()?;
+        let backend = match &in_use {
+            Ok(line) => Backend::from_version_line(line),
+            Err(_) => None,
+        };
+        let Some(backend) = backend else {
+            return Ok(BackendInspection {
+                in_use,
+                other: None,
+            });
+        };
+        let other_backend = backend.other();
+        let tool = self.family.backend_save_tool(other_backend);
+        let dump = match Command::new(tool).stdin(Stdio::null()).output() {
+            // Without the tool nothing here can have written to that backend.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Ok(BackendInspection {
+                    in_use,
+                    other: None,
+                });
+            }
+            Err(err) => Err(format!("could not run `{tool}`: {err}")),
+            Ok(output) if output.status.success() => {
+                Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            }
+            Ok(output) => Err(format!(
+                "`{tool}` failed ({}): {}",
+                describe_status(output.status),
+                trimmed_stderr(&output)
+            )),
+        };
+        Ok(BackendInspection {
+            in_use,
+            other: Some(OtherBackend {
+                backend: other_backend,
+                tool: tool.to_string(),
+                dump,
+            }),
+        })
+    }
 }
 
-fn spawn_error(binary: &str, source: io::Error) -> InitError {
+/// The error for a tool that could not be started; a missing one names its package.
+pub(crate) fn spawn_error(binary: &str, package: &'static str, source: io::Error) -> InitError {
     if source.kind() == io::ErrorKind::NotFound {
         InitError::BinaryNotFound {
             binary: binary.to_string(),
+            package,
         }
     } else {
         InitError::Spawn {
@@ -136,7 +237,7 @@ fn spawn_error(binary: &str, source: io::Error) -> InitError {
     }
 }
 
-fn trimmed_stderr(output: &Output) -> String {
+pub(crate) fn trimmed_stderr(output: &Output) -> String {
     let text = String::from_utf8_lossy(&output.stderr).trim().to_string();
     if text.is_empty() {
         "(no error output)".to_string()
@@ -145,7 +246,7 @@ fn trimmed_stderr(output: &Output) -> String {
     }
 }
 
-fn describe_status(status: ExitStatus) -> String {
+pub(crate) fn describe_status(status: ExitStatus) -> String {
     match status.code() {
         Some(code) => format!("exit status {code}"),
         None => format!("{status}"),
@@ -201,6 +302,7 @@ mod tests {
     #[test]
     fn missing_binaries_are_named_with_the_package_to_install() {
         let iptables = Iptables::new(
+            Family::Ipv4,
             "knit-test-no-such-iptables-save",
             "knit-test-no-such-iptables-restore",
         );
@@ -254,7 +356,7 @@ mod tests {
         let crashing_save = script(dir.path(), "crashing-save", "echo 'table gone' >&2; exit 3");
         let accepting = script(dir.path(), "accepting", "cat >/dev/null; exit 0");
 
-        match Iptables::new(&crashing_save, &rejecting).save(Table::Nat) {
+        match Iptables::new(Family::Ipv4, &crashing_save, &rejecting).save(Table::Nat) {
             Err(InitError::SaveFailed {
                 status,
                 stderr,
@@ -268,7 +370,7 @@ mod tests {
             }
             other => panic!("expected SaveFailed, got {other:?}"),
         }
-        match Iptables::new(&crashing_save, &rejecting).restore("*nat\nCOMMIT\n") {
+        match Iptables::new(Family::Ipv4, &crashing_save, &rejecting).restore("*nat\nCOMMIT\n") {
             Err(err @ InitError::RestoreFailed { .. }) => {
                 let message = err.to_string();
                 assert!(message.contains("line 2 failed: Bad rule"), "{message}");
@@ -277,8 +379,10 @@ mod tests {
             other => panic!("expected RestoreFailed, got {other:?}"),
         }
         for result in [
-            Iptables::new(&refused, &refused).save(Table::Nat).map(drop),
-            Iptables::new(&refused, &refused).restore("*nat\nCOMMIT\n"),
+            Iptables::new(Family::Ipv4, &refused, &refused)
+                .save(Table::Nat)
+                .map(drop),
+            Iptables::new(Family::Ipv4, &refused, &refused).restore("*nat\nCOMMIT\n"),
         ] {
             match result {
                 Err(err @ InitError::PermissionDenied { .. }) => {
@@ -287,8 +391,42 @@ mod tests {
                 other => panic!("expected PermissionDenied, got {other:?}"),
             }
         }
-        Iptables::new(&accepting, &accepting)
+        Iptables::new(Family::Ipv6, &accepting, &accepting)
             .restore("*nat\nCOMMIT\n")
             .expect("a tool that accepts the transaction");
+    }
+
+    #[test]
+    fn unrecognised_tools_report_an_unknown_backend_without_looking_further() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let wrapper = script(dir.path(), "wrapper-save", "echo 'wrapper 2.0'");
+        let failing = script(dir.path(), "failing-save", "echo nope >&2; exit 2");
+        let inspection = Iptables::new(Family::Ipv4, &wrapper, &wrapper)
+            .inspect_backends()
+            .expect("the tool runs");
+        assert_eq!(
+            inspection,
+            BackendInspection {
+                in_use: Ok("wrapper 2.0".to_string()),
+                other: None
+            }
+        );
+        let inspection = Iptables::new(Family::Ipv6, &failing, &failing)
+            .inspect_backends()
+            .expect("a failing --version is reported, not fatal");
+        match inspection.in_use {
+            Err(why) => assert!(
+                why.contains("exit status 2") && why.contains("nope"),
+                "{why}"
+            ),
+            Ok(line) => panic!("expected a failure, got {line}"),
+        }
+        let missing = Iptables::new(Family::Ipv4, "/knit-test/no-such-save", "x")
+            .inspect_backends()
+            .expect_err("missing tool");
+        assert_eq!(
+            missing.to_string(),
+            "`/knit-test/no-such-save` does not exist; install the `iptables` package or fix the path"
+        );
     }
 }

@@ -1,16 +1,20 @@
-//! Computes the capture rules for a configuration; pure, no I/O.
+//! Computes the capture rules for a configuration and an address family; pure, no I/O.
 //!
-//! Inbound: PREROUTING sends TCP into `KNIT_INBOUND`, which lets the proxy's own
-//! ports and the excluded ports through and sends the rest to `KNIT_IN_REDIRECT`
-//! (REDIRECT to the inbound port). Only packets arriving from the network pass
-//! PREROUTING, so this never sees the pod's own connections.
+//! Inbound: PREROUTING sends TCP into `KNIT_INBOUND`, which lets excluded
+//! interfaces, the proxy's own ports and the excluded ports through and sends
+//! the included ports to `KNIT_IN_REDIRECT` (REDIRECT to the inbound port).
+//! Only packets arriving from the network pass PREROUTING.
 //!
-//! Outbound: OUTPUT sends TCP into `KNIT_OUTPUT`, which exempts the proxy's uid
-//! and gid (its upstream connections must leave as they are, or they would be
-//! captured again and loop) and loopback destinations, and sends the rest to
-//! `KNIT_REDIRECT` (REDIRECT to the outbound port).
+//! Outbound: OUTPUT sends TCP into `KNIT_OUTPUT`. Packets the pod sends to
+//! itself never pass PREROUTING, so this chain also decides which local
+//! connections belong to the inbound side (see [`outbound_chain`]); the rest
+//! is exempted or sent to `KNIT_REDIRECT` (REDIRECT to the outbound port).
+//!
+//! Both families get the same model; only the loopback block, the proxy's
+//! inbound delivery source and which CIDRs apply differ.
 
-use crate::config::CaptureConfig;
+use crate::config::{CaptureConfig, DNS_PORT, Selection};
+use crate::family::Family;
 use crate::rules::{
     BuiltinChain, Chain, Cidr, Jump, Match, Protocol, Rule, Ruleset, Table, Target,
 };
@@ -24,37 +28,75 @@ pub const OUTBOUND_CHAIN: &str = "KNIT_OUTPUT";
 /// Chain that redirects captured outbound traffic to the proxy.
 pub const OUTBOUND_REDIRECT_CHAIN: &str = "KNIT_REDIRECT";
 
-/// The IPv4 nat rules that capture a pod's TCP for its proxy.
+/// The nat rules of `family` that capture a pod's TCP for its proxy.
 ///
+/// A chain is only created when something refers to it, so the set of chains
+/// depends on the options (no inbound capture → no `KNIT_INBOUND`; nothing to
+/// capture outbound in this family → no `KNIT_REDIRECT`).
 /// Assumes `config` passed [`CaptureConfig::validate`].
-pub fn plan(config: &CaptureConfig) -> Ruleset {
+pub fn plan(config: &CaptureConfig, family: Family) -> Ruleset {
+    let inbound = inbound_chain(config);
+    let outbound = outbound_chain(config, family);
+    let captures_outbound = outbound
+        .rules
+        .iter()
+        .any(|rule| rule.target == Target::Jump(OUTBOUND_REDIRECT_CHAIN.to_string()));
+
+    let mut chains = Vec::new();
+    let mut jumps = Vec::new();
+    if let Some(inbound) = inbound {
+        chains.push(inbound);
+        jumps.push(Jump {
+            from: BuiltinChain::Prerouting,
+            to: INBOUND_CHAIN.to_string(),
+            matches: vec![Match::Protocol(Protocol::Tcp)],
+            comment: "knit: inbound TCP enters knit capture".to_string(),
+        });
+    }
+    // Always present: the outbound chain sends the proxy's calls to its own
+    // pod here even when no inbound port is captured from the network.
+    chains.push(redirect_chain(
+        INBOUND_REDIRECT_CHAIN,
+        config.inbound_port,
+        "inbound",
+    ));
+    chains.push(outbound);
+    if captures_outbound {
+        chains.push(redirect_chain(
+            OUTBOUND_REDIRECT_CHAIN,
+            config.outbound_port,
+            "outbound",
+        ));
+    }
+    jumps.push(Jump {
+        from: BuiltinChain::Output,
+        to: OUTBOUND_CHAIN.to_string(),
+        matches: vec![Match::Protocol(Protocol::Tcp)],
+        comment: "knit: outbound TCP enters knit capture".to_string(),
+    });
     Ruleset {
+        family,
         table: Table::Nat,
-        chains: vec![
-            inbound_chain(config),
-            redirect_chain(INBOUND_REDIRECT_CHAIN, config.inbound_port, "inbound"),
-            outbound_chain(config),
-            redirect_chain(OUTBOUND_REDIRECT_CHAIN, config.outbound_port, "outbound"),
-        ],
-        jumps: vec![
-            Jump {
-                from: BuiltinChain::Prerouting,
-                to: INBOUND_CHAIN.to_string(),
-                matches: vec![Match::Protocol(Protocol::Tcp)],
-                comment: "knit: inbound TCP enters knit capture".to_string(),
-            },
-            Jump {
-                from: BuiltinChain::Output,
-                to: OUTBOUND_CHAIN.to_string(),
-                matches: vec![Match::Protocol(Protocol::Tcp)],
-                comment: "knit: outbound TCP enters knit capture".to_string(),
-            },
-        ],
+        chains,
+        jumps,
     }
 }
 
-fn inbound_chain(config: &CaptureConfig) -> Chain {
-    // The proxy's own listener ports come first: a connection addressed to
+fn rule(matches: Vec<Match>, target: Target, comment: String) -> Rule {
+    Rule {
+        matches,
+        target,
+        comment,
+    }
+}
+
+fn tcp_port(port: u16) -> Vec<Match> {
+    vec![Match::Protocol(Protocol::Tcp), Match::DestinationPort(port)]
+}
+
+/// `None` when no inbound port is captured, so PREROUTING is left alone.
+fn inbound_chain(config: &CaptureConfig) -> Option<Chain> {
+    // The proxy's own listener ports always pass: a connection addressed to
     // them must reach them untouched, never be redirected onto themselves.
     let mut bypassed: Vec<(u16, String)> = vec![
         (
@@ -71,6 +113,13 @@ fn inbound_chain(config: &CaptureConfig) -> Chain {
                 config.outbound_port
             ),
         ),
+        (
+            config.mesh_port,
+            format!(
+                "knit: proxy mesh port {} carries connections from peer proxies untouched",
+                config.mesh_port
+            ),
+        ),
     ];
     for &port in &config.exclude_inbound_ports {
         if bypassed.iter().all(|(seen, _)| *seen != port) {
@@ -80,57 +129,203 @@ fn inbound_chain(config: &CaptureConfig) -> Chain {
             ));
         }
     }
+    let is_bypassed = |port: u16| bypassed.iter().any(|(seen, _)| *seen == port);
 
-    let mut rules: Vec<Rule> = bypassed
-        .into_iter()
-        .map(|(port, comment)| Rule {
-            matches: vec![Match::Protocol(Protocol::Tcp), Match::DestinationPort(port)],
-            target: Target::Return,
-            comment,
+    let captured_ports: Option<Vec<u16>> = match &config.include_inbound_ports {
+        Selection::All => None,
+        // Exclusions win over the include list, so excluded ports get no rule.
+        Selection::Only(ports) => Some(
+            ports
+                .iter()
+                .copied()
+                .filter(|&port| !is_bypassed(port))
+                .collect(),
+        ),
+    };
+    if captured_ports.as_ref().is_some_and(Vec::is_empty) {
+        return None;
+    }
+
+    let mut rules: Vec<Rule> = config
+        .exclude_interfaces
+        .iter()
+        .map(|name| {
+            rule(
+                vec![Match::InInterface(name.clone())],
+                Target::Return,
+                format!("knit: traffic arriving on interface {name} is excluded from capture"),
+            )
         })
         .collect();
-    rules.push(Rule {
-        matches: vec![Match::Protocol(Protocol::Tcp)],
-        target: Target::Jump(INBOUND_REDIRECT_CHAIN.to_string()),
-        comment: "knit: capture all other inbound TCP".to_string(),
-    });
-    Chain {
+    let capture = Target::Jump(INBOUND_REDIRECT_CHAIN.to_string());
+    match captured_ports {
+        None => {
+            rules.extend(
+                bypassed
+                    .into_iter()
+                    .map(|(port, comment)| rule(tcp_port(port), Target::Return, comment)),
+            );
+            rules.push(rule(
+                vec![Match::Protocol(Protocol::Tcp)],
+                capture,
+                "knit: capture all other inbound TCP".to_string(),
+            ));
+        }
+        // With a list nothing else is captured, so the bypass rules would be dead.
+        Some(ports) => rules.extend(ports.into_iter().map(|port| {
+            rule(
+                tcp_port(port),
+                capture.clone(),
+                format!("knit: inbound port {port} is captured"),
+            )
+        })),
+    }
+    Some(Chain {
         name: INBOUND_CHAIN.to_string(),
         rules,
-    }
+    })
 }
 
-fn outbound_chain(config: &CaptureConfig) -> Chain {
-    let rules = vec![
-        Rule {
-            matches: vec![Match::UidOwner(config.proxy_uid)],
-            target: Target::Return,
-            comment: format!(
-                "knit: proxy uid {} is exempt so its upstream connections are not captured again",
-                config.proxy_uid
+/// The outbound chain. Rules are evaluated in order, and the order is the
+/// design: the first five decide every connection that stays inside the pod
+/// (leaves via `lo`), the rest only see traffic that may leave it.
+///
+/// 1. Source 127.0.0.6 (::6) over lo → RETURN: the proxy delivering an inbound
+///    connection to the app. It runs as the proxy's uid, so without this rule
+///    rule 2 would send it back to the inbound port, forever.
+/// 2. Proxy uid, over lo, to a non-loopback address → inbound side: the
+///    proxy calling its own pod's IP after balancing (a pod calling its own
+///    service). Local packets never pass PREROUTING, so this is the only way
+///    the connection reaches the inbound listener and gets inbound policy.
+/// 3. The same for the proxy's gid.
+/// 4. Any other traffic of the proxy uid → RETURN: its upstream connections
+///    must leave as they are, or they would be captured again.
+/// 5. The same for the proxy's gid.
+/// 6. Loopback destinations → RETURN (container-to-container over localhost
+///    and anything talking to the proxy's admin ports).
+/// 7. Excluded interfaces, DNS, excluded ports, excluded CIDRs → RETURN;
+///    then included destinations → `KNIT_REDIRECT`, and nothing else.
+///
+/// Istio additionally returns `-o lo -m owner ! --uid-owner UID` right after
+/// rule 2, which sends an app's connection to its own pod IP straight to the
+/// app, bypassing the proxy on both sides. Knit deliberately omits it: a pod
+/// calling its own pod IP is captured like any other destination (outbound
+/// side), the proxy's onward connection to the pod IP is caught by rule 2
+/// (inbound side), and the inbound delivery from 127.0.0.6 is released by
+/// rule 1 — through the proxy both ways, without a loop.
+fn outbound_chain(config: &CaptureConfig, family: Family) -> Chain {
+    let loopback = family.loopback();
+    let lo = || Match::OutInterface("lo".to_string());
+    let in_redirect = Target::Jump(INBOUND_REDIRECT_CHAIN.to_string());
+    let uid = config.proxy_uid;
+    let gid = config.proxy_gid;
+    let source = family.inbound_delivery_source();
+    let mut rules = vec![
+        rule(
+            vec![Match::Source(source), lo()],
+            Target::Return,
+            format!(
+                "knit: the proxy delivers inbound connections to the app from {}; \
+                 never capture them again",
+                source.address()
             ),
-        },
-        Rule {
-            matches: vec![Match::GidOwner(config.proxy_gid)],
-            target: Target::Return,
-            comment: format!(
-                "knit: proxy gid {} is exempt so its upstream connections are not captured again",
-                config.proxy_gid
+        ),
+        rule(
+            vec![Match::NotDestination(loopback), lo(), Match::UidOwner(uid)],
+            in_redirect.clone(),
+            format!(
+                "knit: proxy uid {uid} calling its own pod IP enters the inbound side; \
+                 local packets never pass PREROUTING"
             ),
-        },
-        // Covers everything sent over `lo` to a loopback address too: such
-        // packets always carry a 127.0.0.0/8 destination.
-        Rule {
-            matches: vec![Match::Destination(Cidr::ipv4_loopback())],
-            target: Target::Return,
-            comment: "knit: loopback destinations are never captured".to_string(),
-        },
-        Rule {
-            matches: vec![Match::Protocol(Protocol::Tcp)],
-            target: Target::Jump(OUTBOUND_REDIRECT_CHAIN.to_string()),
-            comment: "knit: capture all other outbound TCP".to_string(),
-        },
+        ),
+        rule(
+            vec![Match::NotDestination(loopback), lo(), Match::GidOwner(gid)],
+            in_redirect,
+            format!(
+                "knit: proxy gid {gid} calling its own pod IP enters the inbound side; \
+                 local packets never pass PREROUTING"
+            ),
+        ),
+        rule(
+            vec![Match::UidOwner(uid)],
+            Target::Return,
+            format!(
+                "knit: proxy uid {uid} is exempt so its upstream connections are not captured again"
+            ),
+        ),
+        rule(
+            vec![Match::GidOwner(gid)],
+            Target::Return,
+            format!(
+                "knit: proxy gid {gid} is exempt so its upstream connections are not captured again"
+            ),
+        ),
+        rule(
+            vec![Match::Destination(loopback)],
+            Target::Return,
+            "knit: loopback destinations are never captured".to_string(),
+        ),
     ];
+    for name in &config.exclude_interfaces {
+        rules.push(rule(
+            vec![Match::OutInterface(name.clone())],
+            Target::Return,
+            format!("knit: traffic leaving through interface {name} is excluded from capture"),
+        ));
+    }
+    let mut exempt_ports: Vec<(u16, String)> = Vec::new();
+    if !config.capture_dns {
+        exempt_ports.push((
+            DNS_PORT,
+            "knit: DNS over TCP port 53 is not captured (pass --capture-dns to capture it)"
+                .to_string(),
+        ));
+    }
+    for &port in &config.exclude_outbound_ports {
+        if exempt_ports.iter().all(|(seen, _)| *seen != port) {
+            exempt_ports.push((
+                port,
+                format!("knit: outbound port {port} is excluded from capture"),
+            ));
+        }
+    }
+    rules.extend(
+        exempt_ports
+            .into_iter()
+            .map(|(port, comment)| rule(tcp_port(port), Target::Return, comment)),
+    );
+    let of_family = |cidr: &&Cidr| cidr.family() == family;
+    for cidr in config.exclude_outbound_cidrs.iter().filter(of_family) {
+        rules.push(rule(
+            vec![Match::Destination(*cidr)],
+            Target::Return,
+            format!("knit: destination {cidr} is excluded from capture"),
+        ));
+    }
+    let redirect = Target::Jump(OUTBOUND_REDIRECT_CHAIN.to_string());
+    match &config.include_outbound_cidrs {
+        Selection::All => rules.push(rule(
+            vec![Match::Protocol(Protocol::Tcp)],
+            redirect,
+            "knit: capture all other outbound TCP".to_string(),
+        )),
+        Selection::Only(cidrs) => {
+            for cidr in cidrs.iter().filter(of_family) {
+                rules.push(rule(
+                    vec![Match::Destination(*cidr)],
+                    redirect.clone(),
+                    format!("knit: destination {cidr} is included in capture"),
+                ));
+            }
+            // Falling off the end of the chain would return too; the explicit
+            // rule makes the include-list semantics visible in the rule dump.
+            rules.push(rule(
+                vec![],
+                Target::Return,
+                "knit: destinations outside --include-outbound-cidrs are not captured".to_string(),
+            ));
+        }
+    }
     Chain {
         name: OUTBOUND_CHAIN.to_string(),
         rules,
@@ -140,196 +335,14 @@ fn outbound_chain(config: &CaptureConfig) -> Chain {
 fn redirect_chain(name: &str, port: u16, direction: &str) -> Chain {
     Chain {
         name: name.to_string(),
-        rules: vec![Rule {
+        rules: vec![rule(
             // REDIRECT's --to-ports is only valid together with -p tcp.
-            matches: vec![Match::Protocol(Protocol::Tcp)],
-            target: Target::Redirect { to_port: port },
-            comment: format!("knit: redirect to the proxy {direction} listener on port {port}"),
-        }],
+            vec![Match::Protocol(Protocol::Tcp)],
+            Target::Redirect { to_port: port },
+            format!("knit: redirect to the proxy {direction} listener on port {port}"),
+        )],
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rules::{CHAIN_PREFIX, MAX_COMMENT_LEN};
-
-    fn chain<'a>(ruleset: &'a Ruleset, name: &str) -> &'a Chain {
-        ruleset
-            .chains
-            .iter()
-            .find(|chain| chain.name == name)
-            .unwrap_or_else(|| panic!("chain {name} missing from {ruleset:#?}"))
-    }
-
-    fn returned_ports(chain: &Chain) -> Vec<u16> {
-        chain
-            .rules
-            .iter()
-            .filter(|rule| rule.target == Target::Return)
-            .filter_map(|rule| {
-                rule.matches.iter().find_map(|m| match m {
-                    Match::DestinationPort(port) => Some(*port),
-                    _ => None,
-                })
-            })
-            .collect()
-    }
-
-    #[test]
-    fn inbound_bypasses_proxy_ports_then_excluded_ports_then_captures_the_rest() {
-        let cases: &[(CaptureConfig, &[u16])] = &[
-            (
-                CaptureConfig::default(),
-                &[15006, 15001, 15000, 15021, 15090],
-            ),
-            (
-                CaptureConfig {
-                    exclude_inbound_ports: vec![],
-                    ..CaptureConfig::default()
-                },
-                &[15006, 15001],
-            ),
-            (
-                CaptureConfig {
-                    inbound_port: 16006,
-                    outbound_port: 16001,
-                    exclude_inbound_ports: vec![22, 16006, 8443, 16001],
-                    ..CaptureConfig::default()
-                },
-                &[16006, 16001, 22, 8443],
-            ),
-        ];
-        for (config, expected) in cases {
-            let ruleset = plan(config);
-            let inbound = chain(&ruleset, INBOUND_CHAIN);
-            assert_eq!(returned_ports(inbound), *expected, "{config:?}");
-            let last = inbound.rules.last().expect("inbound chain has rules");
-            assert_eq!(
-                last.target,
-                Target::Jump(INBOUND_REDIRECT_CHAIN.to_string())
-            );
-            assert_eq!(last.matches, vec![Match::Protocol(Protocol::Tcp)]);
-        }
-    }
-
-    #[test]
-    fn redirect_chains_point_at_the_configured_ports() {
-        let config = CaptureConfig {
-            inbound_port: 17006,
-            outbound_port: 17001,
-            ..CaptureConfig::default()
-        };
-        let ruleset = plan(&config);
-        for (name, port) in [
-            (INBOUND_REDIRECT_CHAIN, 17006),
-            (OUTBOUND_REDIRECT_CHAIN, 17001),
-        ] {
-            let rules = &chain(&ruleset, name).rules;
-            assert_eq!(rules.len(), 1, "{name}");
-            assert_eq!(rules[0].target, Target::Redirect { to_port: port });
-            assert_eq!(rules[0].matches, vec![Match::Protocol(Protocol::Tcp)]);
-        }
-    }
-
-    #[test]
-    fn outbound_exempts_proxy_uid_gid_and_loopback_before_capturing() {
-        let cases = [(1337, 1337), (2000, 3000), (0, 65534)];
-        for (uid, gid) in cases {
-            let config = CaptureConfig {
-                proxy_uid: uid,
-                proxy_gid: gid,
-                ..CaptureConfig::default()
-            };
-            let ruleset = plan(&config);
-            let outbound = chain(&ruleset, OUTBOUND_CHAIN);
-            let exemptions: Vec<&Match> = outbound
-                .rules
-                .iter()
-                .filter(|rule| rule.target == Target::Return)
-                .flat_map(|rule| &rule.matches)
-                .collect();
-            assert_eq!(
-                exemptions,
-                vec![
-                    &Match::UidOwner(uid),
-                    &Match::GidOwner(gid),
-                    &Match::Destination(Cidr::ipv4_loopback())
-                ]
-            );
-            let last = outbound.rules.last().expect("outbound chain has rules");
-            assert_eq!(
-                last.target,
-                Target::Jump(OUTBOUND_REDIRECT_CHAIN.to_string())
-            );
-        }
-    }
-
-    #[test]
-    fn jumps_enter_the_entry_chains_for_tcp_only() {
-        let ruleset = plan(&CaptureConfig::default());
-        let jumps: Vec<(BuiltinChain, &str, &[Match])> = ruleset
-            .jumps
-            .iter()
-            .map(|jump| (jump.from, jump.to.as_str(), jump.matches.as_slice()))
-            .collect();
-        let tcp = [Match::Protocol(Protocol::Tcp)];
-        assert_eq!(
-            jumps,
-            vec![
-                (BuiltinChain::Prerouting, INBOUND_CHAIN, &tcp[..]),
-                (BuiltinChain::Output, OUTBOUND_CHAIN, &tcp[..]),
-            ]
-        );
-    }
-
-    #[test]
-    fn every_rule_is_well_formed() {
-        let configs = [
-            CaptureConfig::default(),
-            CaptureConfig {
-                proxy_uid: u32::MAX,
-                proxy_gid: u32::MAX,
-                outbound_port: u16::MAX,
-                inbound_port: u16::MAX - 1,
-                exclude_inbound_ports: vec![1, 65535],
-            },
-        ];
-        for config in configs {
-            let ruleset = plan(&config);
-            let names: Vec<&str> = ruleset.chains.iter().map(|c| c.name.as_str()).collect();
-            let rules = ruleset
-                .chains
-                .iter()
-                .flat_map(|c| c.rules.iter().cloned())
-                .chain(ruleset.jumps.iter().map(Jump::rule));
-            for rule in rules {
-                // Comments are quoted verbatim in the restore text and kept by the kernel.
-                assert!(rule.comment.starts_with("knit: "), "{rule:?}");
-                assert!(rule.comment.len() <= MAX_COMMENT_LEN, "{rule:?}");
-                assert!(!rule.comment.contains(['"', '\\', '\n']), "{rule:?}");
-                if let Target::Jump(to) = &rule.target {
-                    assert!(
-                        names.contains(&to.as_str()),
-                        "{rule:?} jumps outside the ruleset"
-                    );
-                }
-                if matches!(rule.target, Target::Redirect { .. })
-                    || rule
-                        .matches
-                        .iter()
-                        .any(|m| matches!(m, Match::DestinationPort(_)))
-                {
-                    assert_eq!(
-                        rule.matches.first(),
-                        Some(&Match::Protocol(Protocol::Tcp)),
-                        "{rule:?} needs -p tcp first"
-                    );
-                }
-            }
-            for name in names {
-                assert!(name.starts_with(CHAIN_PREFIX), "{name}");
-            }
-        }
-    }
-}
+mod tests;

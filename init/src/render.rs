@@ -1,7 +1,8 @@
-//! Turns rules into iptables-restore input; pure, no I/O.
+//! Turns rules into iptables-restore / ip6tables-restore input; pure, no I/O.
 //!
 //! Both renderers produce one `*table ... COMMIT` block for
 //! `iptables-restore --noflush`, so the kernel applies all of it or nothing.
+//! The text is the same for both families; the ruleset decides the addresses.
 
 use std::fmt::Write as _;
 
@@ -11,15 +12,57 @@ use crate::state::{ExistingRule, ExistingState};
 
 /// The transaction that installs `ruleset` on top of `existing`.
 ///
-/// Every knit-init chain is declared, which in a `--noflush` restore creates
-/// it or, if it exists, empties it; its rules are then appended afresh. Jumps
+/// Every planned chain is declared, which in a `--noflush` restore creates it
+/// or, if it exists, empties it; its rules are then appended afresh. Jumps
 /// from builtin chains are only appended when `existing` lacks them, so
-/// running twice leaves the same rules as running once.
-pub fn render_restore(ruleset: &Ruleset, existing: &ExistingState) -> String {
+/// running twice leaves the same rules as running once. knit-init chains that
+/// an earlier run with other options created but this plan does not use
+/// (e.g. `KNIT_INBOUND` once no inbound port is captured) are removed, with
+/// the builtin-chain jumps into them, in the same transaction.
+///
+/// Fails, before anything is run, when a chain knit-init does not own refers
+/// to such a stale chain: that rule is not knit-init's to delete.
+pub fn render_restore(ruleset: &Ruleset, existing: &ExistingState) -> Result<String, InitError> {
+    let table = ruleset.table;
+    let planned: Vec<&str> = ruleset.chains.iter().map(|c| c.name.as_str()).collect();
+    let stale_chains: Vec<&str> = existing
+        .knit_chains()
+        .filter(|name| !planned.contains(name))
+        .collect();
+    let stale_jumps: Vec<&ExistingRule> = existing
+        .rules_entering_knit_chains()
+        .filter(|rule| {
+            rule.target
+                .as_deref()
+                .is_some_and(|target| stale_chains.contains(&target))
+        })
+        .collect();
+    if let Some(foreign) = stale_jumps
+        .iter()
+        .find(|rule| !table.is_builtin(&rule.chain))
+    {
+        return Err(InitError::ForeignReference {
+            table: table.name().to_string(),
+            chain: foreign.chain.clone(),
+            target: foreign.target.clone().unwrap_or_default(),
+        });
+    }
+
     let mut text = String::new();
-    push_line(&mut text, format_args!("*{}", ruleset.table.name()));
+    push_line(&mut text, format_args!("*{}", table.name()));
     for chain in &ruleset.chains {
         push_line(&mut text, format_args!(":{} - [0:0]", chain.name));
+    }
+    // Stale chains go before the new rules are added: declaring the planned
+    // chains above already emptied any old rule of theirs that referred to them.
+    for jump in &stale_jumps {
+        push_line(&mut text, format_args!("-D {} {}", jump.chain, jump.spec));
+    }
+    for chain in &stale_chains {
+        push_line(&mut text, format_args!("-F {chain}"));
+    }
+    for chain in &stale_chains {
+        push_line(&mut text, format_args!("-X {chain}"));
     }
     for chain in &ruleset.chains {
         for rule in &chain.rules {
@@ -38,7 +81,7 @@ pub fn render_restore(ruleset: &Ruleset, existing: &ExistingState) -> String {
         }
     }
     text.push_str("COMMIT\n");
-    text
+    Ok(text)
 }
 
 /// The transaction that removes every knit-init chain in `existing` and every
@@ -106,11 +149,43 @@ pub fn installed_state(ruleset: &Ruleset) -> ExistingState {
     ExistingState::new(table, chains, jumps.chain(chain_rules).collect())
 }
 
-/// A rule's matches, comment and target, in the order iptables-save prints them.
+/// A table as iptables-save would print `state` (without counters); what the
+/// tests and a `--cleanup` dry run use in place of the kernel's output.
+pub fn render_save(state: &ExistingState) -> String {
+    let table = state.table();
+    let mut text = String::new();
+    push_line(&mut text, format_args!("*{}", table.name()));
+    for chain in state.chains() {
+        let policy = if table.is_builtin(chain) {
+            "ACCEPT"
+        } else {
+            "-"
+        };
+        push_line(&mut text, format_args!(":{chain} {policy} [0:0]"));
+    }
+    for rule in state.rules() {
+        push_line(&mut text, format_args!("-A {} {}", rule.chain, rule.spec));
+    }
+    text.push_str("COMMIT\n");
+    text
+}
+
+/// A rule's matches, comment and target, in the order iptables-save prints
+/// them (addresses, interfaces, protocol, then match modules), whatever the
+/// order of `rule.matches`: what the kernel prints back then compares equal.
 pub fn render_rule_spec(rule: &Rule) -> String {
+    let mut matches: Vec<&Match> = rule.matches.iter().collect();
+    matches.sort_by_key(|m| save_position(m));
     let mut words: Vec<String> = Vec::new();
-    for condition in &rule.matches {
+    for condition in matches {
         match condition {
+            Match::Source(cidr) => words.extend(["-s".into(), cidr.to_string()]),
+            Match::Destination(cidr) => words.extend(["-d".into(), cidr.to_string()]),
+            Match::NotDestination(cidr) => {
+                words.extend(["!".into(), "-d".into(), cidr.to_string()])
+            }
+            Match::InInterface(name) => words.extend(["-i".into(), name.clone()]),
+            Match::OutInterface(name) => words.extend(["-o".into(), name.clone()]),
             Match::Protocol(protocol) => words.extend(["-p".into(), protocol.name().into()]),
             Match::DestinationPort(port) => words.extend([
                 "-m".into(),
@@ -118,8 +193,6 @@ pub fn render_rule_spec(rule: &Rule) -> String {
                 "--dport".into(),
                 port.to_string(),
             ]),
-            Match::Destination(cidr) => words.extend(["-d".into(), cidr.to_string()]),
-            Match::OutInterface(name) => words.extend(["-o".into(), name.clone()]),
             Match::UidOwner(uid) => words.extend([
                 "-m".into(),
                 "owner".into(),
@@ -153,6 +226,20 @@ pub fn render_rule_spec(rule: &Rule) -> String {
     words.join(" ")
 }
 
+/// Where iptables-save puts a match: the fixed header fields in their
+/// struct order, then the match modules in the order they were added.
+fn save_position(condition: &Match) -> u8 {
+    match condition {
+        Match::Source(_) => 0,
+        Match::Destination(_) | Match::NotDestination(_) => 1,
+        Match::InInterface(_) => 2,
+        Match::OutInterface(_) => 3,
+        Match::Protocol(_) => 4,
+        Match::DestinationPort(_) => 5,
+        Match::UidOwner(_) | Match::GidOwner(_) => 6,
+    }
+}
+
 /// Double-quotes `text` for iptables-restore, escaping quotes and backslashes.
 fn quote(text: &str) -> String {
     let mut quoted = String::with_capacity(text.len() + 2);
@@ -174,276 +261,4 @@ fn push_line(text: &mut String, line: std::fmt::Arguments<'_>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::CaptureConfig;
-    use crate::plan::plan;
-    use crate::rules::{Cidr, Protocol, Table};
-
-    const PREROUTING_JUMP: &str = "-A PREROUTING -p tcp -m comment --comment \"knit: inbound TCP enters knit capture\" -j KNIT_INBOUND";
-    const OUTPUT_JUMP: &str = "-A OUTPUT -p tcp -m comment --comment \"knit: outbound TCP enters knit capture\" -j KNIT_OUTPUT";
-
-    fn lines(text: &str) -> Vec<&str> {
-        text.lines().collect()
-    }
-
-    fn save_with(rules: &[&str]) -> ExistingState {
-        let text = format!(
-            "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
-             :POSTROUTING ACCEPT [0:0]\n:KNIT_INBOUND - [0:0]\n:KNIT_OUTPUT - [0:0]\n{}COMMIT\n",
-            rules.iter().map(|r| format!("{r}\n")).collect::<String>()
-        );
-        ExistingState::parse_save(Table::Nat, &text).expect("test save output parses")
-    }
-
-    #[test]
-    fn rule_specs_render_like_iptables_save() {
-        let cases: &[(Rule, &str)] = &[
-            (
-                Rule {
-                    matches: vec![
-                        Match::Protocol(Protocol::Tcp),
-                        Match::DestinationPort(15021),
-                    ],
-                    target: Target::Return,
-                    comment: "knit: a b".into(),
-                },
-                "-p tcp -m tcp --dport 15021 -m comment --comment \"knit: a b\" -j RETURN",
-            ),
-            (
-                Rule {
-                    matches: vec![Match::UidOwner(1337)],
-                    target: Target::Return,
-                    comment: "c".into(),
-                },
-                "-m owner --uid-owner 1337 -m comment --comment \"c\" -j RETURN",
-            ),
-            (
-                Rule {
-                    matches: vec![Match::GidOwner(7)],
-                    target: Target::Jump("KNIT_X".into()),
-                    comment: "c".into(),
-                },
-                "-m owner --gid-owner 7 -m comment --comment \"c\" -j KNIT_X",
-            ),
-            (
-                Rule {
-                    matches: vec![
-                        Match::OutInterface("lo".into()),
-                        Match::Destination(Cidr::ipv4_loopback()),
-                    ],
-                    target: Target::Return,
-                    comment: "c".into(),
-                },
-                "-o lo -d 127.0.0.0/8 -m comment --comment \"c\" -j RETURN",
-            ),
-            (
-                Rule {
-                    matches: vec![Match::Protocol(Protocol::Tcp)],
-                    target: Target::Redirect { to_port: 15001 },
-                    comment: "say \"hi\" \\o/".into(),
-                },
-                "-p tcp -m comment --comment \"say \\\"hi\\\" \\\\o/\" -j REDIRECT --to-ports 15001",
-            ),
-        ];
-        for (rule, expected) in cases {
-            assert_eq!(render_rule_spec(rule), *expected);
-        }
-    }
-
-    #[test]
-    fn restore_declares_chains_then_rules_then_missing_jumps() {
-        let ruleset = plan(&CaptureConfig::default());
-        let text = render_restore(&ruleset, &ExistingState::empty(Table::Nat));
-        let lines = lines(&text);
-        assert_eq!(lines.first(), Some(&"*nat"));
-        assert_eq!(lines.last(), Some(&"COMMIT"));
-        assert_eq!(
-            lines[1..5],
-            [
-                ":KNIT_INBOUND - [0:0]",
-                ":KNIT_IN_REDIRECT - [0:0]",
-                ":KNIT_OUTPUT - [0:0]",
-                ":KNIT_REDIRECT - [0:0]"
-            ]
-        );
-        let rule_count: usize = ruleset.chains.iter().map(|c| c.rules.len()).sum();
-        assert_eq!(lines.len(), 1 + 4 + rule_count + 2 + 1);
-        assert_eq!(
-            lines[lines.len() - 3..lines.len() - 1],
-            [PREROUTING_JUMP, OUTPUT_JUMP]
-        );
-    }
-
-    #[test]
-    fn jumps_already_present_are_not_added_again() {
-        let ruleset = plan(&CaptureConfig::default());
-        let cases: &[(&[&str], &[&str])] = &[
-            (&[], &[PREROUTING_JUMP, OUTPUT_JUMP]),
-            (&[PREROUTING_JUMP], &[OUTPUT_JUMP]),
-            (&[OUTPUT_JUMP], &[PREROUTING_JUMP]),
-            (&[PREROUTING_JUMP, OUTPUT_JUMP], &[]),
-            // A jump with a different shape still counts: it enters the same chain.
-            (&["-A OUTPUT -j KNIT_OUTPUT"], &[PREROUTING_JUMP]),
-            // A jump into our chain from the wrong builtin chain does not.
-            (
-                &["-A INPUT -j KNIT_INBOUND"],
-                &[PREROUTING_JUMP, OUTPUT_JUMP],
-            ),
-        ];
-        for (present, expected_jumps) in cases {
-            let text = render_restore(&ruleset, &save_with(present));
-            let added: Vec<&str> = text
-                .lines()
-                .filter(|line| line.starts_with("-A PREROUTING") || line.starts_with("-A OUTPUT"))
-                .collect();
-            assert_eq!(added, *expected_jumps, "present: {present:?}");
-            // Chain contents are always rewritten in full.
-            assert!(
-                text.contains(":KNIT_OUTPUT - [0:0]\n"),
-                "present: {present:?}"
-            );
-            assert!(
-                text.contains("-j REDIRECT --to-ports 15001\n"),
-                "present: {present:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn restore_contains_exclusions_exemptions_and_redirects() {
-        let config = CaptureConfig {
-            proxy_uid: 2000,
-            proxy_gid: 3000,
-            outbound_port: 16001,
-            inbound_port: 16006,
-            exclude_inbound_ports: vec![22, 8443],
-        };
-        let text = render_restore(&plan(&config), &ExistingState::empty(Table::Nat));
-        for fragment in [
-            "-A KNIT_INBOUND -p tcp -m tcp --dport 16006 ",
-            "-A KNIT_INBOUND -p tcp -m tcp --dport 16001 ",
-            "-A KNIT_INBOUND -p tcp -m tcp --dport 22 ",
-            "-A KNIT_INBOUND -p tcp -m tcp --dport 8443 ",
-            "-A KNIT_IN_REDIRECT -p tcp -m comment --comment \"knit: redirect to the proxy inbound listener on port 16006\" -j REDIRECT --to-ports 16006\n",
-            "-A KNIT_OUTPUT -m owner --uid-owner 2000 ",
-            "-A KNIT_OUTPUT -m owner --gid-owner 3000 ",
-            "-A KNIT_OUTPUT -d 127.0.0.0/8 ",
-            "-A KNIT_REDIRECT -p tcp -m comment --comment \"knit: redirect to the proxy outbound listener on port 16001\" -j REDIRECT --to-ports 16001\n",
-        ] {
-            assert!(text.contains(fragment), "missing `{fragment}` in\n{text}");
-        }
-        assert!(
-            !text.contains("15000"),
-            "default exclusions leaked into\n{text}"
-        );
-        for line in text.lines().filter(|l| l.starts_with("-A ")) {
-            assert!(
-                line.contains(" -m comment --comment \"knit: "),
-                "uncommented: {line}"
-            );
-        }
-    }
-
-    #[test]
-    fn cleanup_of_nothing_is_none() {
-        let cases = [
-            ExistingState::empty(Table::Nat),
-            ExistingState::parse_save(
-                Table::Nat,
-                "*nat\n:OUTPUT ACCEPT [0:0]\n:OTHER - [0:0]\n-A OUTPUT -j OTHER\nCOMMIT\n",
-            )
-            .expect("valid"),
-        ];
-        for state in cases {
-            assert_eq!(render_cleanup(&state).expect("no foreign references"), None);
-        }
-    }
-
-    #[test]
-    fn cleanup_removes_jumps_then_flushes_then_deletes_only_knit_chains() {
-        let state = ExistingState::parse_save(
-            Table::Nat,
-            &format!(
-                "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KNIT_INBOUND - [0:0]\n\
-                 :OTHER - [0:0]\n:KNIT_IN_REDIRECT - [0:0]\n\
-                 -A PREROUTING -p udp -j OTHER\n{PREROUTING_JUMP}\n{PREROUTING_JUMP}\n\
-                 -A KNIT_INBOUND -p tcp -j KNIT_IN_REDIRECT\n-A OTHER -j RETURN\nCOMMIT\n"
-            ),
-        )
-        .expect("valid");
-        let text = render_cleanup(&state)
-            .expect("no foreign references")
-            .expect("work to do");
-        let jump_spec = PREROUTING_JUMP.trim_start_matches("-A PREROUTING ");
-        let delete = format!("-D PREROUTING {jump_spec}");
-        assert_eq!(
-            lines(&text),
-            [
-                "*nat",
-                delete.as_str(),
-                delete.as_str(),
-                "-F KNIT_INBOUND",
-                "-F KNIT_IN_REDIRECT",
-                "-X KNIT_INBOUND",
-                "-X KNIT_IN_REDIRECT",
-                "COMMIT"
-            ]
-        );
-    }
-
-    #[test]
-    fn cleanup_refuses_to_touch_foreign_references() {
-        let state = ExistingState::parse_save(
-            Table::Nat,
-            "*nat\n:OUTPUT ACCEPT [0:0]\n:OTHER - [0:0]\n:KNIT_OUTPUT - [0:0]\n\
-             -A OTHER -j KNIT_OUTPUT\nCOMMIT\n",
-        )
-        .expect("valid");
-        match render_cleanup(&state) {
-            Err(InitError::ForeignReference { chain, target, .. }) => {
-                assert_eq!((chain.as_str(), target.as_str()), ("OTHER", "KNIT_OUTPUT"));
-            }
-            other => panic!("expected a foreign reference error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn installed_state_round_trips_through_the_save_parser() {
-        // What apply installs, printed the way iptables-save prints it, must parse
-        // back to the same state; cleanup then removes exactly those parts.
-        let ruleset = plan(&CaptureConfig::default());
-        let installed = installed_state(&ruleset);
-        let mut save = String::from("*nat\n");
-        for chain in installed.chains() {
-            let policy = if Table::Nat.is_builtin(chain) {
-                "ACCEPT"
-            } else {
-                "-"
-            };
-            save.push_str(&format!(":{chain} {policy} [0:0]\n"));
-        }
-        for rule in installed.rules() {
-            save.push_str(&format!("-A {} {}\n", rule.chain, rule.spec));
-        }
-        save.push_str("COMMIT\n");
-        assert_eq!(
-            ExistingState::parse_save(Table::Nat, &save).expect("valid"),
-            installed
-        );
-
-        let text = render_restore(&ruleset, &installed);
-        assert!(!text.contains("-A PREROUTING") && !text.contains("-A OUTPUT"));
-        let cleanup = render_cleanup(&installed)
-            .expect("ours only")
-            .expect("work to do");
-        assert_eq!(cleanup.lines().filter(|l| l.starts_with("-D ")).count(), 2);
-        assert_eq!(
-            cleanup
-                .lines()
-                .filter(|l| l.starts_with("-X KNIT_"))
-                .count(),
-            4
-        );
-    }
-}
+mod tests;

@@ -2,9 +2,11 @@
 //! iptables-restore text. Nothing here knows about processes or the kernel.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
+use std::str::FromStr;
 
 use crate::error::InitError;
+use crate::family::Family;
 
 /// Prefix of every chain knit-init owns; `--cleanup` removes exactly these.
 pub const CHAIN_PREFIX: &str = "KNIT_";
@@ -108,12 +110,17 @@ impl Cidr {
         })
     }
 
-    /// 127.0.0.0/8, every IPv4 loopback address.
-    pub fn ipv4_loopback() -> Self {
+    /// A block the code knows to be valid (family constants); checked by tests.
+    pub(crate) const fn constant(address: IpAddr, prefix_len: u8) -> Self {
         Cidr {
-            address: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
-            prefix_len: 8,
+            address,
+            prefix_len,
         }
+    }
+
+    /// The address family of the block.
+    pub fn family(&self) -> Family {
+        Family::of(self.address)
     }
 
     /// The network address.
@@ -124,6 +131,34 @@ impl Cidr {
     /// The number of leading bits that identify the block.
     pub fn prefix_len(&self) -> u8 {
         self.prefix_len
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    /// Parses `ADDRESS/PREFIX`, or a bare address meaning that one host.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (address_text, prefix_text) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let address: IpAddr = address_text
+            .parse()
+            .map_err(|_| format!("`{text}`: `{address_text}` is not an IPv4 or IPv6 address"))?;
+        let prefix_len = match prefix_text {
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .map_err(|_| format!("`{text}`: `{prefix}` is not a prefix length"))?,
+            None => match address {
+                IpAddr::V4(_) => 32,
+                IpAddr::V6(_) => 128,
+            },
+        };
+        Cidr::new(address, prefix_len).map_err(|err| match err {
+            InitError::InvalidConfig { reason, .. } => reason,
+            other => other.to_string(),
+        })
     }
 }
 
@@ -138,11 +173,17 @@ impl fmt::Display for Cidr {
 pub enum Match {
     /// `-p PROTO`.
     Protocol(Protocol),
-    /// `-m tcp --dport PORT`; the rule must also match [`Protocol::Tcp`] first.
+    /// `-m tcp --dport PORT`; the rule must also match [`Protocol::Tcp`] (rendered before it).
     DestinationPort(u16),
+    /// `-s CIDR`.
+    Source(Cidr),
     /// `-d CIDR`.
     Destination(Cidr),
-    /// `-o IFACE`.
+    /// `! -d CIDR`.
+    NotDestination(Cidr),
+    /// `-i IFACE`: arrived on this interface (PREROUTING only).
+    InInterface(String),
+    /// `-o IFACE`: leaves through this interface (OUTPUT only).
     OutInterface(String),
     /// `-m owner --uid-owner UID`: the socket belongs to this user.
     UidOwner(u32),
@@ -208,9 +249,11 @@ impl Jump {
     }
 }
 
-/// Everything knit-init installs in one table.
+/// Everything knit-init installs in one table of one address family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
+    /// The family whose tools install the rules.
+    pub family: Family,
     /// The table the rules live in.
     pub table: Table,
     /// knit-init's own chains, created in this order.
@@ -222,7 +265,7 @@ pub struct Ruleset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv6Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn cidr_accepts_network_addresses_and_rejects_host_bits_or_long_prefixes() {
@@ -268,11 +311,34 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_loopback_is_valid_cidr() {
-        let loopback = Cidr::ipv4_loopback();
+    fn cidrs_parse_from_text_or_say_what_is_wrong() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("10.0.0.0/8", Ok("10.0.0.0/8")),
+            ("198.18.0.1", Ok("198.18.0.1/32")),
+            ("2001:db8::/32", Ok("2001:db8::/32")),
+            ("::1", Ok("::1/128")),
+            ("0.0.0.0/0", Ok("0.0.0.0/0")),
+            ("10.0.0.1/8", Err("bits set beyond the prefix")),
+            ("10.0.0.0/33", Err("prefix length exceeds 32")),
+            ("10.0.0.0/x", Err("`x` is not a prefix length")),
+            (
+                "example.com",
+                Err("`example.com` is not an IPv4 or IPv6 address"),
+            ),
+            ("", Err("is not an IPv4 or IPv6 address")),
+        ];
+        for (text, expected) in cases {
+            match (expected, text.parse::<Cidr>()) {
+                (Ok(shown), Ok(cidr)) => assert_eq!(cidr.to_string(), *shown),
+                (Err(fragment), Err(message)) => {
+                    assert!(message.contains(fragment), "{text:?}: `{message}`")
+                }
+                (expected, got) => panic!("{text:?}: expected {expected:?}, got {got:?}"),
+            }
+        }
         assert_eq!(
-            Cidr::new(loopback.address(), loopback.prefix_len()).ok(),
-            Some(loopback)
+            "2001:db8::/32".parse::<Cidr>().map(|c| c.family()),
+            Ok(Family::Ipv6)
         );
     }
 

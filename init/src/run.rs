@@ -1,131 +1,271 @@
-//! What one invocation does: plan, read the current state, apply or clean up.
+//! What one invocation does: plan, read the current state, check, apply or clean up.
+//!
+//! Applying is fail-closed across families: IPv4 first, then IPv6; if IPv6
+//! cannot be applied, the IPv4 rules are removed again and the run fails, so
+//! a pod never starts with IPv4 captured and IPv6 open. Everything that can
+//! be checked without changing anything (permissions, both families' tools,
+//! backends) is checked before the first change.
 
-use std::fmt;
-
-use crate::cli::Cli;
+use crate::backend::{BackendCheck, check_backends};
+use crate::cli::{Cli, Ipv6Mode};
+use crate::config::CaptureConfig;
+use crate::dry_run::dry_run_text;
 use crate::error::InitError;
+use crate::family::Family;
 use crate::iptables::Netfilter;
+use crate::outcome::{Outcome, Report};
 use crate::plan::plan;
-use crate::render::{installed_state, render_cleanup, render_restore};
+use crate::probe::AddressProbe;
+use crate::render::{render_cleanup, render_restore};
 use crate::rules::{Ruleset, Table};
 use crate::state::ExistingState;
 
-/// What an invocation did, printed by the binary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Nothing was changed; this is the transaction that would run.
-    DryRun(String),
-    /// The capture rules are installed.
-    Applied {
-        /// The table written.
-        table: Table,
-        /// The chains (re)written.
-        chains: Vec<String>,
-        /// Jumps appended to builtin chains, as `FROM -> TO`; empty when all were present.
-        added_jumps: Vec<String>,
-    },
-    /// Everything knit-init had installed was removed.
-    Removed {
-        /// The table written.
-        table: Table,
-        /// The chains deleted.
-        chains: Vec<String>,
-        /// How many jump rules were deleted from builtin chains.
-        jumps: usize,
-    },
-    /// `--cleanup` found nothing of knit-init's; nothing was run.
-    NothingToRemove {
-        /// The table inspected.
-        table: Table,
-    },
+/// The side-effecting parts a run uses, one executor per family so either
+/// can be replaced on its own.
+#[derive(Clone, Copy)]
+pub struct Tools<'a> {
+    /// The IPv4 iptables tools.
+    pub ipv4: &'a dyn Netfilter,
+    /// The IPv6 ip6tables tools.
+    pub ipv6: &'a dyn Netfilter,
+    /// Resolves `--ipv6 auto`.
+    pub addresses: &'a dyn AddressProbe,
 }
 
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::DryRun(transaction) => f.write_str(transaction),
-            Outcome::Applied {
-                table,
-                chains,
-                added_jumps,
-            } => {
-                let jumps = if added_jumps.is_empty() {
-                    "jumps already present".to_string()
-                } else {
-                    format!("added jumps {}", added_jumps.join(", "))
-                };
-                writeln!(
-                    f,
-                    "knit-init: capture rules installed in table {}: chains {}; {jumps}",
-                    table.name(),
-                    chains.join(", ")
-                )
+/// Runs the invocation `cli` describes. `--netns` is not handled here: the
+/// binary enters the namespace before calling this (see [`crate::netns`]).
+pub fn run(cli: &Cli, tools: &Tools<'_>) -> Result<Report, InitError> {
+    let config = cli.capture_config()?;
+    if cli.dry_run {
+        return Ok(Report {
+            outcomes: vec![Outcome::DryRun(dry_run_text(
+                &config,
+                cli.ipv6,
+                cli.cleanup,
+            )?)],
+            warnings: Vec::new(),
+        });
+    }
+    if cli.cleanup {
+        cleanup_all(cli.ipv6, cli.allow_backend_mismatch, tools)
+    } else {
+        apply_all(&config, cli.ipv6, cli.allow_backend_mismatch, tools)
+    }
+}
+
+/// Installs the rules of IPv4 and, when IPv6 is on, IPv6; fail-closed as the
+/// module docs describe.
+pub fn apply_all(
+    config: &CaptureConfig,
+    ipv6: Ipv6Mode,
+    allow_backend_mismatch: bool,
+    tools: &Tools<'_>,
+) -> Result<Report, InitError> {
+    let mut report = Report::default();
+    // Reading first means a missing privilege is the first and only error.
+    let ipv4_before = read_state(tools.ipv4, Table::Nat)?;
+    let ipv6_skip_reason = match ipv6 {
+        Ipv6Mode::On => None,
+        Ipv6Mode::Off => Some("--ipv6 off".to_string()),
+        Ipv6Mode::Auto => {
+            let has_ipv6 = tools.addresses.has_global_ipv6().map_err(|source| {
+                InitError::Ipv6AutoDetection {
+                    source: Box::new(source),
+                }
+            })?;
+            (!has_ipv6).then(|| {
+                "--ipv6 auto found no global-scope IPv6 address in this network namespace"
+                    .to_string()
+            })
+        }
+    };
+    check_backend(
+        Family::Ipv4,
+        tools.ipv4,
+        allow_backend_mismatch,
+        &mut report,
+    )?;
+    let ipv6_before = match &ipv6_skip_reason {
+        Some(_) => None,
+        None => {
+            check_backend(
+                Family::Ipv6,
+                tools.ipv6,
+                allow_backend_mismatch,
+                &mut report,
+            )?;
+            // A missing ip6tables-save or IPv6 nat support fails here, before IPv4 changes.
+            Some(read_state(tools.ipv6, Table::Nat)?)
+        }
+    };
+
+    let ipv4_outcome = apply_ruleset(tools.ipv4, &plan(config, Family::Ipv4), &ipv4_before)?;
+    report.outcomes.push(ipv4_outcome);
+    match (ipv6_before, ipv6_skip_reason) {
+        (Some(before), _) => {
+            match apply_ruleset(tools.ipv6, &plan(config, Family::Ipv6), &before) {
+                Ok(outcome) => report.outcomes.push(outcome),
+                Err(ipv6_error) => return Err(roll_back_ipv4(tools.ipv4, ipv6_error)),
             }
-            Outcome::Removed {
-                table,
-                chains,
-                jumps,
-            } => writeln!(
-                f,
-                "knit-init: capture rules removed from table {}: {jumps} jump(s), chains {}",
-                table.name(),
-                chains.join(", ")
-            ),
-            Outcome::NothingToRemove { table } => writeln!(
-                f,
-                "knit-init: no capture rules installed in table {}; nothing to remove",
-                table.name()
-            ),
+            if let Err(address_error) = tools.addresses.ensure_delivery_source_v6() {
+                // Without ::6 the proxy cannot deliver IPv6 to its app: fail
+                // closed, as for any other IPv6 failure.
+                let _ = cleanup(tools.ipv6, Family::Ipv6, Table::Nat);
+                return Err(roll_back_ipv4(tools.ipv4, address_error));
+            }
+        }
+        (None, reason) => report.outcomes.push(Outcome::Skipped {
+            family: Family::Ipv6,
+            reason: reason.unwrap_or_default(),
+        }),
+    }
+    Ok(report)
+}
+
+/// Removes the IPv4 rules after IPv6 failed, with the cleanup transaction.
+fn roll_back_ipv4(ipv4: &dyn Netfilter, ipv6_error: InitError) -> InitError {
+    match cleanup(ipv4, Family::Ipv4, Table::Nat) {
+        Ok(_) => InitError::Ipv6FailedRolledBack {
+            source: Box::new(ipv6_error),
+        },
+        Err(rollback_error) => InitError::RollbackFailed {
+            ipv6: Box::new(ipv6_error),
+            rollback: Box::new(rollback_error),
+        },
+    }
+}
+
+/// Removes knit-init's rules from IPv4 and, unless `--ipv6 off`, IPv6 — not
+/// only when auto-detection would say IPv6 is on: the address may be gone
+/// while the rules stay.
+pub fn cleanup_all(
+    ipv6: Ipv6Mode,
+    allow_backend_mismatch: bool,
+    tools: &Tools<'_>,
+) -> Result<Report, InitError> {
+    let mut report = Report::default();
+    read_state(tools.ipv4, Table::Nat)?;
+    check_backend(
+        Family::Ipv4,
+        tools.ipv4,
+        allow_backend_mismatch,
+        &mut report,
+    )?;
+    let skip = |reason: String| Outcome::Skipped {
+        family: Family::Ipv6,
+        reason,
+    };
+    let ipv6_skipped = match ipv6 {
+        Ipv6Mode::Off => Some(skip("--ipv6 off".to_string())),
+        Ipv6Mode::On => {
+            read_state(tools.ipv6, Table::Nat)?;
+            None
+        }
+        // Without ip6tables nothing can have installed IPv6 rules through it.
+        Ipv6Mode::Auto => match read_state(tools.ipv6, Table::Nat) {
+            Ok(_) => None,
+            Err(InitError::BinaryNotFound { binary, .. }) => Some(skip(format!(
+                "`{binary}` is not installed, so no IPv6 rules can be ours"
+            ))),
+            Err(other) => return Err(other),
+        },
+    };
+    if ipv6_skipped.is_none() {
+        check_backend(
+            Family::Ipv6,
+            tools.ipv6,
+            allow_backend_mismatch,
+            &mut report,
+        )?;
+    }
+    report
+        .outcomes
+        .push(cleanup(tools.ipv4, Family::Ipv4, Table::Nat)?);
+    match ipv6_skipped {
+        None => report
+            .outcomes
+            .push(cleanup(tools.ipv6, Family::Ipv6, Table::Nat)?),
+        Some(skipped) => report.outcomes.push(skipped),
+    }
+    Ok(report)
+}
+
+fn read_state(netfilter: &dyn Netfilter, table: Table) -> Result<ExistingState, InitError> {
+    ExistingState::parse_save(table, &netfilter.save(table)?)
+}
+
+fn check_backend(
+    family: Family,
+    netfilter: &dyn Netfilter,
+    allow_mismatch: bool,
+    report: &mut Report,
+) -> Result<(), InitError> {
+    match check_backends(family, &netfilter.inspect_backends()?) {
+        BackendCheck::Clean => Ok(()),
+        BackendCheck::Unchecked(why) => {
+            report.warnings.push(why);
+            Ok(())
+        }
+        BackendCheck::Mismatch { in_use, finding } => {
+            let error = InitError::BackendMismatch {
+                family,
+                in_use,
+                finding,
+            };
+            if !allow_mismatch {
+                return Err(error);
+            }
+            report
+                .warnings
+                .push(format!("{error} (continuing: --allow-backend-mismatch)"));
+            Ok(())
         }
     }
 }
 
-/// Runs the invocation `cli` describes against `netfilter`.
-pub fn run<N: Netfilter + ?Sized>(cli: &Cli, netfilter: &N) -> Result<Outcome, InitError> {
-    let ruleset = plan(&cli.capture_config()?);
-    match (cli.dry_run, cli.cleanup) {
-        (true, false) => Ok(Outcome::DryRun(render_restore(
-            &ruleset,
-            &ExistingState::empty(ruleset.table),
-        ))),
-        // Without access to the kernel, show the removal of what this configuration installs.
-        (true, true) => Ok(Outcome::DryRun(
-            render_cleanup(&installed_state(&ruleset))?.unwrap_or_default(),
-        )),
-        (false, false) => apply(netfilter, &ruleset),
-        (false, true) => cleanup(netfilter, ruleset.table),
-    }
-}
-
-/// Installs `ruleset` in one transaction, adding only the jumps that are missing.
-pub fn apply<N: Netfilter + ?Sized>(
-    netfilter: &N,
+/// Installs `ruleset` on top of `existing` in one transaction.
+pub fn apply_ruleset(
+    netfilter: &dyn Netfilter,
     ruleset: &Ruleset,
+    existing: &ExistingState,
 ) -> Result<Outcome, InitError> {
-    let existing = ExistingState::parse_save(ruleset.table, &netfilter.save(ruleset.table)?)?;
+    let transaction = render_restore(ruleset, existing)?;
     let added_jumps = ruleset
         .jumps
         .iter()
         .filter(|jump| !existing.has_jump(jump.from.name(), &jump.to))
         .map(|jump| format!("{} -> {}", jump.from.name(), jump.to))
         .collect();
-    netfilter.restore(&render_restore(ruleset, &existing))?;
+    let chains: Vec<String> = ruleset.chains.iter().map(|c| c.name.clone()).collect();
+    let removed_chains = existing
+        .knit_chains()
+        .filter(|name| !chains.iter().any(|planned| planned == name))
+        .map(str::to_string)
+        .collect();
+    netfilter.restore(&transaction)?;
     Ok(Outcome::Applied {
+        family: ruleset.family,
         table: ruleset.table,
-        chains: ruleset.chains.iter().map(|c| c.name.clone()).collect(),
+        chains,
         added_jumps,
+        removed_chains,
     })
 }
 
 /// Removes every knit-init chain of `table` and the jumps into them, in one
 /// transaction; succeeds without running anything when none are installed.
-pub fn cleanup<N: Netfilter + ?Sized>(netfilter: &N, table: Table) -> Result<Outcome, InitError> {
-    let existing = ExistingState::parse_save(table, &netfilter.save(table)?)?;
+pub fn cleanup(
+    netfilter: &dyn Netfilter,
+    family: Family,
+    table: Table,
+) -> Result<Outcome, InitError> {
+    let existing = read_state(netfilter, table)?;
     let Some(transaction) = render_cleanup(&existing)? else {
-        return Ok(Outcome::NothingToRemove { table });
+        return Ok(Outcome::NothingToRemove { family, table });
     };
     netfilter.restore(&transaction)?;
     Ok(Outcome::Removed {
+        family,
         table,
         chains: existing.knit_chains().map(str::to_string).collect(),
         jumps: existing.rules_entering_knit_chains().count(),
@@ -133,177 +273,4 @@ pub fn cleanup<N: Netfilter + ?Sized>(netfilter: &N, table: Table) -> Result<Out
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-    use std::cell::RefCell;
-
-    /// Serves a fixed iptables-save text and records restore transactions.
-    struct RecordingNetfilter {
-        saved: String,
-        restored: RefCell<Vec<String>>,
-    }
-
-    impl RecordingNetfilter {
-        fn with_saved(saved: &str) -> Self {
-            RecordingNetfilter {
-                saved: saved.to_string(),
-                restored: RefCell::new(Vec::new()),
-            }
-        }
-    }
-
-    impl Netfilter for RecordingNetfilter {
-        fn save(&self, table: Table) -> Result<String, InitError> {
-            assert_eq!(table, Table::Nat);
-            Ok(self.saved.clone())
-        }
-
-        fn restore(&self, transaction: &str) -> Result<(), InitError> {
-            self.restored.borrow_mut().push(transaction.to_string());
-            Ok(())
-        }
-    }
-
-    /// Fails every call, as iptables does without CAP_NET_ADMIN.
-    struct DeniedNetfilter;
-
-    impl Netfilter for DeniedNetfilter {
-        fn save(&self, _table: Table) -> Result<String, InitError> {
-            Err(InitError::PermissionDenied {
-                binary: "iptables-save".into(),
-                stderr: "Permission denied (you must be root)".into(),
-            })
-        }
-
-        fn restore(&self, _transaction: &str) -> Result<(), InitError> {
-            panic!("restore must not run after save failed")
-        }
-    }
-
-    const FRESH: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n\
-                         :OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n";
-
-    fn cli(args: &[&str]) -> Cli {
-        Cli::try_parse_from(std::iter::once("knit-init").chain(args.iter().copied()))
-            .expect("valid arguments")
-    }
-
-    /// iptables-save output of a fresh table after the default rules were applied.
-    fn installed_save_text() -> String {
-        let ruleset = plan(&crate::config::CaptureConfig::default());
-        let state = installed_state(&ruleset);
-        let mut text = String::from("*nat\n");
-        for chain in state.chains() {
-            let policy = if Table::Nat.is_builtin(chain) {
-                "ACCEPT"
-            } else {
-                "-"
-            };
-            text.push_str(&format!(":{chain} {policy} [0:0]\n"));
-        }
-        for rule in state.rules() {
-            text.push_str(&format!("-A {} {}\n", rule.chain, rule.spec));
-        }
-        text.push_str("COMMIT\n");
-        text
-    }
-
-    #[test]
-    fn apply_on_a_fresh_table_adds_both_jumps_in_one_transaction() {
-        let netfilter = RecordingNetfilter::with_saved(FRESH);
-        let outcome = run(&cli(&[]), &netfilter).expect("apply succeeds");
-        let restored = netfilter.restored.borrow();
-        assert_eq!(restored.len(), 1, "exactly one transaction");
-        assert_eq!(
-            restored[0],
-            render_restore(
-                &plan(&Default::default()),
-                &ExistingState::empty(Table::Nat)
-            )
-        );
-        match outcome {
-            Outcome::Applied { added_jumps, .. } => assert_eq!(
-                added_jumps,
-                ["PREROUTING -> KNIT_INBOUND", "OUTPUT -> KNIT_OUTPUT"]
-            ),
-            other => panic!("expected Applied, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn reapply_rewrites_chains_but_adds_no_jump() {
-        let netfilter = RecordingNetfilter::with_saved(&installed_save_text());
-        let outcome = run(&cli(&[]), &netfilter).expect("apply succeeds");
-        let restored = netfilter.restored.borrow();
-        assert_eq!(restored.len(), 1);
-        assert!(!restored[0].contains("-A PREROUTING") && !restored[0].contains("-A OUTPUT"));
-        assert!(restored[0].contains(":KNIT_OUTPUT - [0:0]"));
-        assert!(
-            outcome.to_string().contains("jumps already present"),
-            "{outcome}"
-        );
-    }
-
-    #[test]
-    fn cleanup_with_nothing_installed_runs_nothing() {
-        let netfilter = RecordingNetfilter::with_saved(FRESH);
-        let outcome = run(&cli(&["--cleanup"]), &netfilter).expect("cleanup succeeds");
-        assert_eq!(outcome, Outcome::NothingToRemove { table: Table::Nat });
-        assert!(netfilter.restored.borrow().is_empty());
-    }
-
-    #[test]
-    fn cleanup_removes_what_apply_installed_in_one_transaction() {
-        let netfilter = RecordingNetfilter::with_saved(&installed_save_text());
-        let outcome = run(&cli(&["--cleanup"]), &netfilter).expect("cleanup succeeds");
-        let restored = netfilter.restored.borrow();
-        assert_eq!(restored.len(), 1);
-        assert_eq!(
-            restored[0].lines().filter(|l| l.starts_with("-D ")).count(),
-            2
-        );
-        match outcome {
-            Outcome::Removed { chains, jumps, .. } => {
-                assert_eq!(jumps, 2);
-                assert_eq!(
-                    chains,
-                    [
-                        "KNIT_INBOUND",
-                        "KNIT_IN_REDIRECT",
-                        "KNIT_OUTPUT",
-                        "KNIT_REDIRECT"
-                    ]
-                );
-            }
-            other => panic!("expected Removed, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn dry_runs_touch_nothing() {
-        for args in [&["--dry-run"][..], &["--dry-run", "--cleanup"][..]] {
-            let outcome = run(&cli(args), &DeniedNetfilter).expect("dry run needs no access");
-            match outcome {
-                Outcome::DryRun(text) => {
-                    assert!(
-                        text.starts_with("*nat\n") && text.ends_with("COMMIT\n"),
-                        "{text}"
-                    )
-                }
-                other => panic!("{args:?}: expected DryRun, got {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn errors_stop_before_any_change() {
-        for args in [&[][..], &["--cleanup"][..]] {
-            let err = run(&cli(args), &DeniedNetfilter).expect_err("no access");
-            assert!(err.to_string().contains("CAP_NET_ADMIN"), "{err}");
-        }
-        let invalid = run(&cli(&["--inbound-port", "15001"]), &DeniedNetfilter)
-            .expect_err("invalid config is caught before touching netfilter");
-        assert!(matches!(invalid, InitError::InvalidConfig { .. }));
-    }
-}
+mod tests;

@@ -102,6 +102,76 @@ fn cleanup() {
 }
 
 #[test]
+fn cleanup_ipv6_on() {
+    check_golden("cleanup_ipv6_on", &["--cleanup", "--ipv6", "on"]);
+}
+
+#[test]
+fn ipv6_on() {
+    check_golden("ipv6_on", &["--ipv6", "on"]);
+}
+
+#[test]
+fn ipv6_off() {
+    check_golden("ipv6_off", &["--ipv6", "off"]);
+}
+
+#[test]
+fn include_inbound_ports_none() {
+    check_golden("include_inbound_none", &["--include-inbound-ports", ""]);
+}
+
+#[test]
+fn include_inbound_ports_list() {
+    // 15021 is also excluded by default, and exclusion wins.
+    check_golden(
+        "include_inbound_list",
+        &["--include-inbound-ports", "8080,9090,15021"],
+    );
+}
+
+#[test]
+fn include_outbound_cidrs() {
+    check_golden(
+        "include_outbound_cidrs",
+        &[
+            "--ipv6",
+            "on",
+            "--include-outbound-cidrs",
+            "10.0.0.0/8,198.19.0.0/16,2001:db8::/32",
+            "--exclude-outbound-cidrs",
+            "10.96.0.0/12,2001:db8:ffff::/48",
+        ],
+    );
+}
+
+#[test]
+fn exclude_outbound_ports_and_interfaces() {
+    check_golden(
+        "exclude_outbound_ports_interfaces",
+        &[
+            "--exclude-outbound-ports",
+            "5432,6379",
+            "--exclude-interfaces",
+            "eth1,tun+",
+        ],
+    );
+}
+
+#[test]
+fn capture_dns() {
+    check_golden("capture_dns", &["--capture-dns"]);
+}
+
+#[test]
+fn dry_run_ignores_netns_and_never_probes_for_ipv6() {
+    // No PATH: neither `ip` nor iptables could run, and the namespace does not exist.
+    let defaults = dry_run(&[]);
+    assert_eq!(dry_run(&["--netns", "/nonexistent/netns"]), defaults);
+    assert_eq!(dry_run(&["--ipv6", "auto"]), defaults);
+}
+
+#[test]
 fn dry_run_is_stable_across_runs() {
     assert_eq!(dry_run(&[]), dry_run(&[]));
 }
@@ -118,6 +188,18 @@ fn invalid_options_fail_with_one_clear_message() {
             "knit-init: error: invalid configuration: --inbound-port",
         ),
         (&["--outbound-port", "0"], "--outbound-port"),
+        (
+            &["--include-outbound-cidrs", "10.0.0.1/8"],
+            "10.0.0.1/8: address has bits set beyond the prefix",
+        ),
+        (
+            &["--exclude-interfaces", "eth0,bad name"],
+            "item 2: interface name `bad name` contains ` `",
+        ),
+        (
+            &["--ipv6", "sometimes"],
+            "invalid value 'sometimes' for '--ipv6",
+        ),
     ];
     for (args, fragment) in cases {
         let output = Command::new(BINARY)

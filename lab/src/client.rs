@@ -1,26 +1,23 @@
 //! The load client run inside pods (`knit-lab client`): HTTP/1.1 with
-//! keep-alive, names resolved by the system resolver (so a pod's hosts file
-//! applies), bounded in count and time, and one JSON report at the end.
+//! keep-alive (or h2 with prior knowledge), names resolved by the system
+//! resolver (so a pod's hosts file applies), bounded in count and time, and
+//! one JSON report at the end. With `--download`/`--upload` every request
+//! moves a stretch of the deterministic pattern and checks it end to end.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-use tokio::time::Instant;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri};
 
+pub use crate::client_run::run;
 use crate::error::{LabError, Result};
-use crate::report::pod_of;
-pub use crate::report::{ClientReport, HttpResponse, MAX_ERRORS};
+pub use crate::report::{ClientReport, HttpResponse, MAX_ERRORS, TransferCheck};
 
 /// Bodies above this are cut off (the echo's are a few hundred bytes).
-const MAX_BODY: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Largest `--download`/`--upload`.
+pub const MAX_TRANSFER: u64 = 16 * 1024 * 1024 * 1024;
 /// Upper bounds that keep every load loop finite.
 pub const MAX_CONCURRENCY: u64 = 1024;
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
@@ -43,6 +40,13 @@ pub struct ClientSpec {
     pub body_bytes: usize,
     /// One line per request on stderr.
     pub verbose: bool,
+    /// GET `/bytes/<n>` on the URL's host and check the n pattern bytes.
+    pub download: Option<u64>,
+    /// POST n pattern bytes (chunked) to `/sha256` on the URL's host and
+    /// check the digest the echo answers with.
+    pub upload: Option<u64>,
+    /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    pub http2: bool,
 }
 
 impl ClientSpec {
@@ -59,7 +63,27 @@ impl ClientSpec {
             method: "GET".to_string(),
             body_bytes: 0,
             verbose: false,
+            download: None,
+            upload: None,
+            http2: false,
         }
+    }
+
+    /// Each request downloads `n` pattern bytes from `/bytes/<n>`.
+    pub fn download(mut self, n: u64) -> Self {
+        self.download = Some(n);
+        self
+    }
+
+    /// Each request uploads `n` pattern bytes to `/sha256`.
+    pub fn upload(mut self, n: u64) -> Self {
+        self.upload = Some(n);
+        self
+    }
+
+    pub fn http2(mut self, on: bool) -> Self {
+        self.http2 = on;
+        self
     }
 
     pub fn count(mut self, n: u64) -> Self {
@@ -129,11 +153,22 @@ impl ClientSpec {
         if self.verbose {
             args.push("--verbose".to_string());
         }
+        if let Some(n) = self.download {
+            args.push("--download".to_string());
+            args.push(n.to_string());
+        }
+        if let Some(n) = self.upload {
+            args.push("--upload".to_string());
+            args.push(n.to_string());
+        }
+        if self.http2 {
+            args.push("--http2".to_string());
+        }
         args
     }
 
     /// Checks limits and parses the URL, method and headers.
-    fn prepare(&self) -> Result<Prepared> {
+    pub(crate) fn prepare(&self) -> Result<Prepared> {
         if self.count == 0 {
             return Err(LabError::invalid("--count", "must be at least 1"));
         }
@@ -158,9 +193,41 @@ impl ClientSpec {
                 format!("at most {MAX_BODY}"),
             ));
         }
-        let target = Target::parse(&self.url)?;
-        let method = Method::from_bytes(self.method.as_bytes())
+        let mut target = Target::parse(&self.url)?;
+        let mut method = Method::from_bytes(self.method.as_bytes())
             .map_err(|e| LabError::invalid("--method", format!("{:?}: {e}", self.method)))?;
+        let transfer = match (self.download, self.upload) {
+            (Some(_), Some(_)) => {
+                return Err(LabError::invalid(
+                    "--download/--upload",
+                    "one transfer direction per run",
+                ));
+            }
+            (Some(n), None) => {
+                target.path = format!("/bytes/{n}");
+                Some(Transfer::Download(n))
+            }
+            (None, Some(n)) => {
+                target.path = "/sha256".to_string();
+                method = Method::POST;
+                Some(Transfer::Upload(n))
+            }
+            (None, None) => None,
+        };
+        if let Some(Transfer::Download(n) | Transfer::Upload(n)) = transfer {
+            if n > MAX_TRANSFER {
+                return Err(LabError::invalid(
+                    "--download/--upload",
+                    format!("at most {MAX_TRANSFER} bytes"),
+                ));
+            }
+            if self.body_bytes > 0 {
+                return Err(LabError::invalid(
+                    "--body-bytes",
+                    "not with --download/--upload",
+                ));
+            }
+        }
         let mut headers = HeaderMap::new();
         for (k, v) in &self.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
@@ -174,6 +241,8 @@ impl ClientSpec {
             method,
             headers,
             body: Bytes::from(vec![0u8; self.body_bytes]),
+            transfer,
+            http2: self.http2,
         })
     }
 }
@@ -191,15 +260,15 @@ pub fn parse_header_arg(arg: &str) -> Result<(String, String)> {
 
 /// Where requests go, from the URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    host: String,
-    port: u16,
-    authority: String,
-    path: String,
+pub(crate) struct Target {
+    pub host: String,
+    pub port: u16,
+    pub authority: String,
+    pub path: String,
 }
 
 impl Target {
-    fn parse(url: &str) -> Result<Target> {
+    pub(crate) fn parse(url: &str) -> Result<Target> {
         let bad = |reason: String| LabError::invalid("--url", format!("{url:?}: {reason}"));
         let uri: Uri = url.parse().map_err(|e| bad(format!("{e}")))?;
         match uri.scheme_str() {
@@ -228,180 +297,21 @@ impl Target {
     }
 }
 
-struct Prepared {
-    target: Target,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
+/// A checked transfer: each request moves this many pattern bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transfer {
+    Download(u64),
+    Upload(u64),
 }
 
-/// Runs the load described by `spec` and returns the report. Errors only
-/// when the spec itself is unusable; failed requests are in the report.
-pub async fn run(spec: &ClientSpec) -> Result<ClientReport> {
-    let prepared = Arc::new(spec.prepare()?);
-    let start = Instant::now();
-    let deadline = start + spec.duration;
-    let next = Arc::new(AtomicU64::new(0));
-    let workers = spec.concurrency.min(spec.count);
-    let keep_last = spec.count == 1;
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let prepared = prepared.clone();
-        let next = next.clone();
-        let (count, timeout, interval, verbose) =
-            (spec.count, spec.timeout, spec.interval, spec.verbose);
-        tasks.push(tokio::spawn(async move {
-            worker(
-                &prepared, &next, count, timeout, interval, deadline, keep_last, verbose,
-            )
-            .await
-        }));
-    }
-    let mut report = ClientReport::default();
-    for t in tasks {
-        match t.await {
-            Ok(part) => report.merge(part),
-            Err(e) => report.record_error(format!("client worker stopped: {e}")),
-        }
-    }
-    report.elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-    Ok(report)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn worker(
-    p: &Prepared,
-    next: &AtomicU64,
-    count: u64,
-    timeout: Duration,
-    interval: Duration,
-    deadline: Instant,
-    keep_last: bool,
-    verbose: bool,
-) -> ClientReport {
-    let mut report = ClientReport::default();
-    let mut conn: Option<SendRequest<Full<Bytes>>> = None;
-    let mut first = true;
-    loop {
-        if !first && !interval.is_zero() {
-            tokio::time::sleep_until((Instant::now() + interval).min(deadline)).await;
-        }
-        first = false;
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= count {
-            break;
-        }
-        let budget = timeout.min(deadline - now);
-        let started = Instant::now();
-        match tokio::time::timeout(budget, request(&mut conn, p)).await {
-            Ok(Ok((status, headers, body))) => {
-                if verbose {
-                    let pod = pod_of(&body).unwrap_or_else(|| "-".to_string());
-                    eprintln!(
-                        "#{i} {status} pod={pod} {} ms",
-                        started.elapsed().as_millis()
-                    );
-                }
-                report.record_response(status, &headers, &body, keep_last);
-            }
-            Ok(Err(e)) => {
-                if verbose {
-                    eprintln!("#{i} error: {e}");
-                }
-                report.record_error(e);
-            }
-            Err(_) => {
-                let e = format!("no response within {} ms", budget.as_millis());
-                if verbose {
-                    eprintln!("#{i} error: {e}");
-                }
-                report.record_error(e);
-            }
-        }
-    }
-    report
-}
-
-/// One request on the worker's kept-alive connection, (re)connecting when
-/// there is none or the server closed it.
-async fn request(
-    conn: &mut Option<SendRequest<Full<Bytes>>>,
-    p: &Prepared,
-) -> std::result::Result<(u16, HeaderMap, Bytes), String> {
-    let mut sender = match conn.take() {
-        Some(s) if !s.is_closed() => s,
-        _ => connect(&p.target).await?,
-    };
-    if sender.ready().await.is_err() {
-        // The server closed the idle connection; that is not a failed request.
-        sender = connect(&p.target).await?;
-        sender.ready().await.map_err(|e| chain(&e))?;
-    }
-    let mut builder = Request::builder()
-        .method(p.method.clone())
-        .uri(p.target.path.as_str())
-        .header(HOST, p.target.authority.as_str());
-    for (k, v) in &p.headers {
-        builder = builder.header(k, v);
-    }
-    let req = builder
-        .body(Full::new(p.body.clone()))
-        .map_err(|e| format!("building request: {e}"))?;
-    let resp = sender.send_request(req).await.map_err(|e| chain(&e))?;
-    let (parts, body) = resp.into_parts();
-    let body = Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| format!("reading response body: {}", chain(&*e)))?
-        .to_bytes();
-    let closing = parts
-        .headers
-        .get(CONNECTION)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-    if !closing {
-        *conn = Some(sender);
-    }
-    Ok((parts.status.as_u16(), parts.headers, body))
-}
-
-async fn connect(t: &Target) -> std::result::Result<SendRequest<Full<Bytes>>, String> {
-    let addrs = tokio::net::lookup_host((t.host.as_str(), t.port))
-        .await
-        .map_err(|e| format!("resolving {}: {e}", t.host))?;
-    let mut last = format!("{} resolved to no address", t.host);
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|e| format!("handshake with {addr}: {}", chain(&e)))?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                return Ok(sender);
-            }
-            Err(e) => last = format!("connecting to {addr}: {e}"),
-        }
-    }
-    Err(last)
-}
-
-/// An error with its causes, `outer: inner: ...`.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+/// A spec checked and parsed, ready for the workers.
+pub(crate) struct Prepared {
+    pub target: Target,
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub transfer: Option<Transfer>,
+    pub http2: bool,
 }
 
 #[cfg(test)]
@@ -457,5 +367,48 @@ mod tests {
                 .prepare()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn transfers_pick_path_and_method() {
+        let p = ClientSpec::new("http://x:8080/ignored")
+            .download(1000)
+            .prepare()
+            .unwrap();
+        assert_eq!(p.target.path, "/bytes/1000");
+        assert_eq!(p.transfer, Some(Transfer::Download(1000)));
+        let p = ClientSpec::new("http://x:8080/")
+            .upload(5)
+            .http2(true)
+            .prepare()
+            .unwrap();
+        assert_eq!(
+            (p.target.path.as_str(), p.method.as_str()),
+            ("/sha256", "POST")
+        );
+        assert!(p.http2);
+        assert!(
+            ClientSpec::new("http://x/")
+                .download(1)
+                .upload(1)
+                .prepare()
+                .is_err()
+        );
+        assert!(
+            ClientSpec::new("http://x/")
+                .upload(1)
+                .body_bytes(3)
+                .prepare()
+                .is_err()
+        );
+        assert!(
+            ClientSpec::new("http://x/")
+                .download(MAX_TRANSFER + 1)
+                .prepare()
+                .is_err()
+        );
+        let args = ClientSpec::new("http://x/").upload(7).http2(true).to_args();
+        assert!(args.windows(2).any(|w| w == ["--upload", "7"]));
+        assert!(args.iter().any(|a| a == "--http2"));
     }
 }

@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use crate::error::{LabError, Result};
-use crate::spec::ServicePort;
+use crate::spec::{ServicePort, TargetPort};
 
 /// A YAML double-quoted scalar; quoting every string keeps values like `on`,
 /// `1e3` or `null` strings.
@@ -42,11 +42,14 @@ fn string_map(out: &mut String, indent: &str, key: &str, map: &BTreeMap<String, 
     }
 }
 
-/// A core v1 Service as knitd's file source reads it.
+/// A core v1 Service as knitd's file source reads it. With `vip6` it is
+/// dual-stack: both addresses in `clusterIPs`, IPv4 first (the primary
+/// family), as Kubernetes writes a `PreferDualStack` Service.
 pub fn service_yaml(
     name: &str,
     namespace: &str,
     vip: Ipv4Addr,
+    vip6: Option<Ipv6Addr>,
     ports: &[ServicePort],
     selector: &BTreeMap<String, String>,
 ) -> String {
@@ -56,13 +59,34 @@ pub fn service_yaml(
     let _ = writeln!(out, "  namespace: {}", quote(namespace));
     out.push_str("spec:\n");
     let _ = writeln!(out, "  clusterIP: {}", quote(&vip.to_string()));
+    if let Some(vip6) = vip6 {
+        let _ = writeln!(
+            out,
+            "  clusterIPs: [{}, {}]",
+            quote(&vip.to_string()),
+            quote(&vip6.to_string())
+        );
+        out.push_str("  ipFamilies: [\"IPv4\", \"IPv6\"]\n");
+        out.push_str("  ipFamilyPolicy: \"PreferDualStack\"\n");
+    }
     string_map(&mut out, "  ", "selector", selector);
     out.push_str("  ports:\n");
     for p in ports {
         let _ = writeln!(out, "    - name: {}", quote(&p.name));
         let _ = writeln!(out, "      port: {}", p.port);
-        let _ = writeln!(out, "      targetPort: {}", p.target_port);
+        // A number stays a YAML integer, a name a string (IntOrString).
+        match &p.target_port {
+            TargetPort::Number(n) => {
+                let _ = writeln!(out, "      targetPort: {n}");
+            }
+            TargetPort::Name(name) => {
+                let _ = writeln!(out, "      targetPort: {}", quote(name));
+            }
+        }
         out.push_str("      protocol: TCP\n");
+        if let Some(proto) = &p.app_protocol {
+            let _ = writeln!(out, "      appProtocol: {}", quote(proto));
+        }
     }
     out
 }
@@ -75,11 +99,17 @@ pub fn workload_entry_yaml(
     labels: &BTreeMap<String, String>,
     service_account: &str,
     ports: &BTreeMap<String, u16>,
+    sidecar: bool,
 ) -> String {
     let mut out = String::new();
     out.push_str("apiVersion: mesh.knit.dev/v1alpha1\nkind: WorkloadEntry\nmetadata:\n");
     let _ = writeln!(out, "  name: {}", quote(name));
     let _ = writeln!(out, "  namespace: {}", quote(namespace));
+    if !sidecar {
+        // Peers reach a pod without a Knit proxy directly, not through the
+        // mesh port.
+        out.push_str("  annotations:\n    \"mesh.knit.dev/proxy\": \"none\"\n");
+    }
     out.push_str("spec:\n");
     let _ = writeln!(out, "  address: {}", quote(&address.to_string()));
     string_map(&mut out, "  ", "labels", labels);
@@ -101,19 +131,26 @@ pub(crate) struct HostsService {
     pub name: String,
     pub namespace: String,
     pub vip: Ipv4Addr,
+    pub vip6: Option<Ipv6Addr>,
 }
 
 /// `/etc/hosts` for a pod: localhost, the pod's own name, and every service
-/// under its cluster DNS names. The bare service name is only listed for
-/// services in the pod's own namespace, as cluster DNS search paths would.
+/// under its cluster DNS names, IPv6 VIPs on a line of their own after the
+/// IPv4 one (so `getent ahosts` lists both). The bare service name is only
+/// listed for services in the pod's own namespace, as cluster DNS search
+/// paths would.
 pub(crate) fn hosts_file(
     pod_name: &str,
     pod_namespace: &str,
     pod_ip: Ipv4Addr,
+    pod_ip6: Option<Ipv6Addr>,
     services: &[HostsService],
 ) -> String {
     let mut out = String::from("127.0.0.1 localhost\n");
     let _ = writeln!(out, "{pod_ip} {pod_name}");
+    if let Some(ip6) = pod_ip6 {
+        let _ = writeln!(out, "{ip6} {pod_name}");
+    }
     for s in services {
         let (n, ns) = (&s.name, &s.namespace);
         let short = if *ns == pod_namespace {
@@ -121,11 +158,11 @@ pub(crate) fn hosts_file(
         } else {
             String::new()
         };
-        let _ = writeln!(
-            out,
-            "{} {short}{n}.{ns} {n}.{ns}.svc {n}.{ns}.svc.cluster.local",
-            s.vip
-        );
+        let names = format!("{short}{n}.{ns} {n}.{ns}.svc {n}.{ns}.svc.cluster.local");
+        let _ = writeln!(out, "{} {names}", s.vip);
+        if let Some(vip6) = s.vip6 {
+            let _ = writeln!(out, "{vip6} {names}");
+        }
     }
     out
 }
@@ -187,18 +224,21 @@ mod tests {
             ServicePort {
                 name: "http".into(),
                 port: 80,
-                target_port: 8080,
+                target_port: TargetPort::Number(8080),
+                app_protocol: None,
             },
             ServicePort {
                 name: "admin".into(),
                 port: 9000,
-                target_port: 9001,
+                target_port: TargetPort::Number(9001),
+                app_protocol: None,
             },
         ];
         let yaml = service_yaml(
             "backend",
             "default",
             Ipv4Addr::new(198, 19, 0, 10),
+            None,
             &ports,
             &map(&[("app", "backend")]),
         );
@@ -229,12 +269,14 @@ spec:
         let ports = [ServicePort {
             name: "http".into(),
             port: 80,
-            target_port: 8080,
+            target_port: TargetPort::Number(8080),
+            app_protocol: None,
         }];
         let yaml = service_yaml(
             "backend",
             "shop",
             Ipv4Addr::new(198, 19, 0, 11),
+            None,
             &ports,
             &map(&[]),
         );
@@ -248,6 +290,65 @@ spec:
         assert_eq!(
             v["spec"]["ports"],
             serde_json::json!([{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}])
+        );
+    }
+
+    #[test]
+    fn dual_stack_service_with_named_targets_and_protocols() {
+        let ports = [
+            ServicePort {
+                name: "grpc".into(),
+                port: 50051,
+                target_port: TargetPort::Name("grpc".into()),
+                app_protocol: Some("grpc".into()),
+            },
+            ServicePort {
+                name: "banner".into(),
+                port: 25,
+                target_port: TargetPort::Number(2525),
+                app_protocol: Some("tcp".into()),
+            },
+        ];
+        let yaml = service_yaml(
+            "apps",
+            "default",
+            Ipv4Addr::new(198, 19, 0, 12),
+            Some("2001:2:0:1::12".parse().unwrap()),
+            &ports,
+            &map(&[("app", "apps")]),
+        );
+        let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(v["spec"]["clusterIP"], "198.19.0.12");
+        assert_eq!(
+            v["spec"]["clusterIPs"],
+            serde_json::json!(["198.19.0.12", "2001:2:0:1::12"])
+        );
+        assert_eq!(v["spec"]["ipFamilies"], serde_json::json!(["IPv4", "IPv6"]));
+        assert_eq!(v["spec"]["ipFamilyPolicy"], "PreferDualStack");
+        assert_eq!(
+            v["spec"]["ports"],
+            serde_json::json!([
+                {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+                {"name": "banner", "port": 25, "targetPort": 2525, "protocol": "TCP", "appProtocol": "tcp"}
+            ])
+        );
+    }
+
+    #[test]
+    fn workload_entry_without_sidecar_is_annotated() {
+        let yaml = workload_entry_yaml(
+            "plain",
+            "default",
+            Ipv4Addr::new(198, 18, 0, 20),
+            &BTreeMap::new(),
+            "default",
+            &BTreeMap::new(),
+            false,
+        );
+        let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(
+            v["metadata"]["annotations"],
+            serde_json::json!({"mesh.knit.dev/proxy": "none"})
         );
     }
 
@@ -266,6 +367,7 @@ spec:
             &labels,
             "backend",
             &ports,
+            true,
         );
         let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
         assert_eq!(
@@ -300,17 +402,20 @@ spec:
                 name: "backend".into(),
                 namespace: "default".into(),
                 vip: Ipv4Addr::new(198, 19, 0, 10),
+                vip6: None,
             },
             HostsService {
                 name: "db".into(),
                 namespace: "data".into(),
                 vip: Ipv4Addr::new(198, 19, 0, 11),
+                vip6: None,
             },
         ];
         let text = hosts_file(
             "frontend",
             "default",
             Ipv4Addr::new(198, 18, 0, 11),
+            None,
             &services,
         );
         assert_eq!(
@@ -319,6 +424,24 @@ spec:
              198.18.0.11 frontend\n\
              198.19.0.10 backend backend.default backend.default.svc backend.default.svc.cluster.local\n\
              198.19.0.11 db.data db.data.svc db.data.svc.cluster.local\n"
+        );
+
+        let mut dual = services[..1].to_vec();
+        dual[0].vip6 = Some("2001:2:0:1::10".parse().unwrap());
+        let text = hosts_file(
+            "frontend",
+            "default",
+            Ipv4Addr::new(198, 18, 0, 11),
+            Some("2001:2::11".parse().unwrap()),
+            &dual,
+        );
+        assert_eq!(
+            text,
+            "127.0.0.1 localhost\n\
+             198.18.0.11 frontend\n\
+             2001:2::11 frontend\n\
+             198.19.0.10 backend backend.default backend.default.svc backend.default.svc.cluster.local\n\
+             2001:2:0:1::10 backend backend.default backend.default.svc backend.default.svc.cluster.local\n"
         );
     }
 

@@ -241,13 +241,13 @@ fn steps(lab: &mut Lab) -> Result<()> {
     );
     let after = Evidence::collect(lab, &pods);
     println!(
-        "    evidence, hop by hop (iptables' nat table counts connections, kept alive across requests):"
+        "    evidence, hop by hop (iptables counts the app's connection; the proxies share one HTTP/2 connection):"
     );
     after.print_redirects(&before, "frontend");
     after.print_counter(&before, "frontend", "outbound.http.requests");
+    after.print_counter(&before, "frontend", "upstream.mesh.connections_opened");
     for b in backends {
-        after.print_redirects(&before, b);
-        after.print_counter(&before, b, "inbound.http.requests");
+        after.print_counter(&before, b, "mesh.requests");
     }
 
     heading("Step 2: scale backend to 3 replicas");

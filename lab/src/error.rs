@@ -13,7 +13,7 @@ pub enum LabError {
     NotRoot,
 
     #[error(
-        "required tool `{tool}` not found in {searched}; install iproute2, iptables and util-linux (e.g. apt-get install iproute2 iptables util-linux)"
+        "required tool `{tool}` not found in {searched}; install iproute2, iptables, util-linux and procps (e.g. apt-get install iproute2 iptables util-linux procps)"
     )]
     ToolMissing { tool: String, searched: String },
 
@@ -83,6 +83,9 @@ pub enum LabError {
 
     #[error("{what}: {detail}")]
     CheckFailed { what: String, detail: String },
+
+    #[error("TLS: {context}: {reason}")]
+    Tls { context: String, reason: String },
 
     #[error("the lab has been shut down; nothing more can be started in it")]
     ShutDown,

@@ -4,13 +4,14 @@
 //! crash).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::apps::AppSpec;
 use crate::cleanup::{self, LAB_PREFIX};
 use crate::error::{LabError, Result};
 use crate::netns;
@@ -35,12 +36,19 @@ pub struct Pod {
     pub name: String,
     pub namespace: String,
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address (2001:2::A:B for 198.18.A.B), in dual-stack labs.
+    pub ipv6: Option<Ipv6Addr>,
     /// The pod's network namespace (for `ip netns exec`).
     pub netns: String,
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
     pub app_port: u16,
+    /// Apps running besides the echo.
+    pub apps: Vec<AppSpec>,
     pub sidecar: bool,
+    /// Extra arguments for the pod's knit-init and knit-proxy.
+    pub init_args: Vec<String>,
+    pub proxy_args: Vec<String>,
     /// When the pod's WorkloadEntry landed in knitd's config dir.
     pub registered_at: Instant,
 }
@@ -56,6 +64,7 @@ pub(crate) struct ServiceState {
     pub name: String,
     pub namespace: String,
     pub vip: Ipv4Addr,
+    pub vip6: Option<Ipv6Addr>,
     pub file: String,
 }
 
@@ -77,6 +86,30 @@ pub(crate) struct State {
     pub procs: BTreeMap<u64, Managed>,
     /// Every namespace made, node first.
     pub namespaces: Vec<String>,
+}
+
+/// Options of a new lab; [`Lab::builder`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabBuilder {
+    name: String,
+    dual_stack: bool,
+}
+
+impl LabBuilder {
+    /// IPv6 besides IPv4: the bridge gets 2001:2::1/64, every pod
+    /// 2001:2::A:B/64 (for 198.18.A.B) with a default route, and Services a
+    /// second cluster IP in 2001:2:0:1::/64. WorkloadEntries keep the IPv4
+    /// address (one address per workload in Knit's model).
+    pub fn dual_stack(mut self, on: bool) -> Self {
+        self.dual_stack = on;
+        self
+    }
+
+    /// Checks for root and the tools, removes leftovers of crashed labs, and
+    /// creates the node namespace with its bridge and the lab's certificates.
+    pub fn build(self) -> Result<Lab> {
+        Lab::create(&self.name, self.dual_stack)
+    }
 }
 
 impl Shared {
@@ -146,6 +179,13 @@ impl Shared {
         let mut taken: Vec<Managed> = ids.iter().filter_map(|id| st.procs.remove(id)).collect();
         let mut refs: Vec<&mut Managed> = taken.iter_mut().collect();
         process::terminate_all(&mut refs, grace);
+    }
+
+    /// The PID of a recorded process that is still running.
+    pub fn pid_of(&self, id: u64) -> Option<u32> {
+        let mut st = self.lock();
+        let p = st.procs.get_mut(&id)?;
+        p.poll_exit().is_none().then(|| p.pid())
     }
 
     /// If a recorded process has exited: its name, status and log tail.
@@ -225,6 +265,7 @@ pub struct Lab {
     pub(crate) pods: BTreeMap<String, PodState>,
     pub(crate) services: BTreeMap<(String, String), ServiceState>,
     pub(crate) knitd: Option<u64>,
+    pub(crate) dual_stack: bool,
     pub(crate) next_pod_index: u32,
     pub(crate) next_vip_index: u32,
     pub(crate) client_seq: AtomicU64,
@@ -233,7 +274,20 @@ pub struct Lab {
 impl Lab {
     /// Checks for root and the tools, removes leftovers of crashed labs, and
     /// creates a fresh node namespace with bridge `knit0` at 198.18.0.1/16.
+    /// IPv4 only; [`Lab::builder`] has the options.
     pub fn new(name: &str) -> Result<Lab> {
+        Lab::builder(name).build()
+    }
+
+    /// A lab with options, e.g. `Lab::builder("v6").dual_stack(true).build()`.
+    pub fn builder(name: &str) -> LabBuilder {
+        LabBuilder {
+            name: name.to_string(),
+            dual_stack: false,
+        }
+    }
+
+    fn create(name: &str, dual_stack: bool) -> Result<Lab> {
         crate::spec::validate_dns_label("lab name", name)?;
         if !nix::unistd::geteuid().is_root() {
             return Err(LabError::NotRoot);
@@ -268,14 +322,27 @@ impl Lab {
             pods: BTreeMap::new(),
             services: BTreeMap::new(),
             knitd: None,
+            dual_stack,
             next_pod_index: 11,
             next_vip_index: 10,
             client_seq: AtomicU64::new(0),
         };
         // From here on, dropping `lab` on an error undoes what was made.
+        crate::tls::write_lab_certs(&lab.tls_dir())?;
         lab.shared.create_netns(&lab.shared.node_ns)?;
-        netns::setup_node(&lab.shared.tools, &lab.shared.node_ns)?;
+        netns::setup_node(&lab.shared.tools, &lab.shared.node_ns, dual_stack)?;
         Ok(lab)
+    }
+
+    /// Whether pods and Services get IPv6 too.
+    pub fn is_dual_stack(&self) -> bool {
+        self.dual_stack
+    }
+
+    /// The address apps listen on: every IPv4 address, or in a dual-stack
+    /// lab every address of both families (one `[::]` socket).
+    pub(crate) fn listen_host(&self) -> &'static str {
+        if self.dual_stack { "[::]" } else { "0.0.0.0" }
     }
 
     pub fn name(&self) -> &str {
@@ -292,7 +359,7 @@ impl Lab {
         &self.shared.node_ns
     }
 
-    /// The lab's directory: `config/` (knitd's) and `logs/`.
+    /// The lab's directory: `config/` (knitd's), `logs/` and `tls/`.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
     }

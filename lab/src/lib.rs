@@ -2,10 +2,12 @@
 //!
 //! A "pod" is a network namespace with a veth into the bridge `knit0` of a
 //! "node" namespace the lab makes. Pods get addresses in 198.18.0.0/16,
-//! services VIPs in 198.19.0.0/16; nothing touches the host's own network
+//! services VIPs in 198.19.0.0/16 (and, in dual-stack labs, IPv6 from the
+//! benchmarking prefix 2001:2::/48); nothing touches the host's own network
 //! namespace. The lab runs the real binaries — `knitd` in the node,
-//! `knit-init` and `knit-proxy` (uid 1337) in pods — plus its own echo app
-//! and load client, and tears everything down on drop.
+//! `knit-init` and `knit-proxy` (uid 1337) in pods — plus its own apps (the
+//! HTTP echo, gRPC, TLS, WebSocket, server-first and half-close TCP apps)
+//! and the clients that check them, and tears everything down on drop.
 //!
 //! ```no_run
 //! use knit_lab::{ClientSpec, Lab, PodSpec, ServiceSpec};
@@ -24,31 +26,48 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apps;
+pub mod body;
 pub mod cleanup;
 pub mod client;
+mod client_run;
 pub mod config;
 pub mod demo;
 pub mod echo;
 mod error;
+pub mod grpc;
+pub mod grpc_client;
 pub mod iptables;
 mod lab;
 pub mod netns;
+mod outcome;
+pub mod pattern;
 mod pod;
 mod probe;
 pub mod process;
 mod report;
 mod service;
 mod spec;
+pub mod tcp_apps;
+pub mod tcp_clients;
+pub mod tls;
+pub mod tls_client;
 mod wait;
+pub mod ws;
 
+pub use apps::{AppClient, AppSpec, BANNER_PORT, GRPC_PORT, TCP_ECHO_PORT, TLS_PORT};
 pub use cleanup::{Leftovers, remove_leftovers};
-pub use client::{ClientReport, ClientSpec, HttpResponse};
+pub use client::{ClientReport, ClientSpec, HttpResponse, TransferCheck};
 pub use error::{LabError, Result};
+pub use grpc_client::{GrpcClientSpec, GrpcMode, GrpcReport};
 pub use iptables::NatRule;
-pub use lab::{KNITD_GRPC_ADDR, KNITD_HTTP_ADDR, Lab, Pod, ShutdownHandle};
-pub use netns::NODE_IP;
+pub use lab::{KNITD_GRPC_ADDR, KNITD_HTTP_ADDR, Lab, LabBuilder, Pod, ShutdownHandle};
+pub use netns::{NODE_IP, NODE_IPV6};
 pub use pod::{PROXY_ADMIN_PORT, PROXY_READY_PORT, PROXY_UID, workload_entry_file};
 pub use probe::ClientHandle;
 pub use process::{find_binary, find_tool};
-pub use spec::{PodSpec, ServicePort, ServiceSpec};
+pub use spec::{PodSpec, ServicePort, ServiceSpec, TargetPort};
+pub use tcp_clients::{BannerClientSpec, BannerReport, TcpClientSpec, TcpReport};
+pub use tls_client::{TlsClientSpec, TlsReport};
 pub use wait::wait_until;
+pub use ws::{WsClientSpec, WsReport};

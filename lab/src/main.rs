@@ -1,14 +1,16 @@
-//! `knit-lab`: the demo, the echo app and load client the lab runs in pods,
-//! and cleanup of crashed labs.
+//! `knit-lab`: the demo, the apps and clients the lab runs in pods, and
+//! cleanup of crashed labs.
 
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use knit_lab::client::{self, ClientSpec, parse_header_arg};
+use knit_lab::{BannerClientSpec, GrpcClientSpec, TcpClientSpec, TlsClientSpec, WsClientSpec};
 
 #[derive(Parser)]
 #[command(
@@ -27,7 +29,8 @@ struct Cli {
 enum Cmd {
     /// Start a three-pod mesh, send traffic through it and show every hop (needs root)
     Demo,
-    /// HTTP/1.1 + h2c echo server answering with what it received (the lab's pod app)
+    /// HTTP/1.1 + h2c echo server answering with what it received (the lab's
+    /// pod app); also /status/<code>, /bytes/<n>, POST /sha256 and /ws
     Echo {
         /// Name reported in every response's "pod" field
         #[arg(long)]
@@ -35,10 +38,52 @@ enum Cmd {
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
     },
-    /// Send bounded HTTP/1.1 load and print one JSON report on stdout
+    /// gRPC server (knit.lab.v1.Echo: Unary, BidiStream, Slow) adding the trailer x-echo-trailer
+    GrpcEcho(ServerArgs<50051>),
+    /// TLS server greeting with `hello from <pod> sni=<sni>` and echoing bytes
+    TlsEcho {
+        #[command(flatten)]
+        server: ServerArgs<8443>,
+        /// Directory with tls-echo.pem and tls-echo.key (the lab writes them to its tls/ dir)
+        #[arg(long)]
+        cert_dir: PathBuf,
+    },
+    /// Server-speaks-first TCP: greets `220 <pod> ready`, echoes lines until QUIT
+    Banner(ServerArgs<2525>),
+    /// TCP echo answering after the client's FIN with what it read plus `|<pod>`
+    TcpEcho(ServerArgs<9000>),
+    /// Send bounded HTTP load and print one JSON report on stdout
     Client(ClientArgs),
+    /// Call the grpc-echo and print one JSON report
+    GrpcClient(GrpcClientSpec),
+    /// Exchange WebSocket messages with the echo's /ws and print one JSON report
+    WsClient(WsClientSpec),
+    /// Check the tls-echo (certificate, SNI, echo) and print one JSON report
+    TlsClient(TlsClientSpec),
+    /// Check the banner app (greeting and its delay, echo, QUIT) and print one JSON report
+    BannerClient(BannerClientSpec),
+    /// Send bytes to the tcp-echo, half-close, check the answer; print one JSON report
+    TcpClient(TcpClientSpec),
     /// Remove namespaces and processes left behind by crashed labs (needs root)
     Cleanup,
+}
+
+/// Options every app server has; `PORT` is its default port.
+#[derive(Args)]
+struct ServerArgs<const PORT: u16> {
+    /// Name the app reports as its pod
+    #[arg(long, env = "POD_NAME", default_value = "knit-lab")]
+    pod_name: String,
+    /// Address to listen on (default 0.0.0.0 and the app's usual port)
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+impl<const PORT: u16> ServerArgs<PORT> {
+    fn listen(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], PORT)))
+    }
 }
 
 #[derive(Args)]
@@ -72,6 +117,15 @@ struct ClientArgs {
     /// One line per request on stderr
     #[arg(long)]
     verbose: bool,
+    /// GET /bytes/N on the URL's host and verify length and SHA-256 of the pattern
+    #[arg(long, value_name = "N", conflicts_with = "upload")]
+    download: Option<u64>,
+    /// POST N pattern bytes (chunked) to /sha256 on the URL's host and verify the answer
+    #[arg(long, value_name = "N")]
+    upload: Option<u64>,
+    /// HTTP/2 with prior knowledge (h2c)
+    #[arg(long)]
+    http2: bool,
 }
 
 impl ClientArgs {
@@ -89,6 +143,9 @@ impl ClientArgs {
             spec = spec.header(&k, &v);
         }
         spec.verbose = self.verbose;
+        spec.download = self.download;
+        spec.upload = self.upload;
+        spec.http2 = self.http2;
         Ok(spec)
     }
 }
@@ -116,8 +173,32 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Demo => knit_lab::demo::run(),
-        Cmd::Echo { pod_name, listen } => report(echo(&pod_name, listen)),
-        Cmd::Client(args) => report(run_client(args)),
+        Cmd::Echo { pod_name, listen } => report(serve(knit_lab::echo::run(&pod_name, listen))),
+        Cmd::GrpcEcho(a) => report(serve(knit_lab::grpc::run(&a.pod_name, a.listen()))),
+        Cmd::TlsEcho { server, cert_dir } => report(serve(knit_lab::tls::run_echo(
+            &server.pod_name,
+            server.listen(),
+            &cert_dir,
+        ))),
+        Cmd::Banner(a) => report(serve(knit_lab::tcp_apps::run_banner(
+            &a.pod_name,
+            a.listen(),
+        ))),
+        Cmd::TcpEcho(a) => report(serve(knit_lab::tcp_apps::run_tcp_echo(
+            &a.pod_name,
+            a.listen(),
+        ))),
+        Cmd::Client(args) => report(
+            args.into_spec()
+                .and_then(|spec| print_json(async move { client::run(&spec).await })),
+        ),
+        Cmd::GrpcClient(spec) => report(print_json(knit_lab::grpc_client::run_client(&spec))),
+        Cmd::WsClient(spec) => report(print_json(knit_lab::ws::run_client(&spec))),
+        Cmd::TlsClient(spec) => report(print_json(knit_lab::tls_client::run_client(&spec))),
+        Cmd::BannerClient(spec) => {
+            report(print_json(knit_lab::tcp_clients::run_banner_client(&spec)))
+        }
+        Cmd::TcpClient(spec) => report(print_json(knit_lab::tcp_clients::run_tcp_client(&spec))),
         Cmd::Cleanup => report(cleanup()),
     };
     std::process::exit(code);
@@ -138,16 +219,19 @@ fn report(result: Result<()>) -> i32 {
     }
 }
 
-fn echo(pod_name: &str, listen: SocketAddr) -> Result<()> {
+/// Runs an app server until the process is stopped.
+fn serve(app: impl Future<Output = knit_lab::Result<()>>) -> Result<()> {
     init_tracing("info");
-    runtime()?.block_on(knit_lab::echo::run(pod_name, listen))?;
+    runtime()?.block_on(app)?;
     Ok(())
 }
 
-fn run_client(args: ClientArgs) -> Result<()> {
+/// Runs a client and prints its report as one line of JSON.
+fn print_json<R: serde::Serialize>(
+    client: impl Future<Output = knit_lab::Result<R>>,
+) -> Result<()> {
     init_tracing("warn");
-    let spec = args.into_spec()?;
-    let report = runtime()?.block_on(client::run(&spec))?;
+    let report = runtime()?.block_on(client)?;
     println!(
         "{}",
         serde_json::to_string(&report).context("encoding the report")?

@@ -1,12 +1,14 @@
-//! Pods: a namespace wired to the node bridge, the echo app, optionally the
-//! sidecar (knit-init + knit-proxy as uid 1337), a hosts file for service
-//! names, and the WorkloadEntry that tells knitd about it.
+//! Pods: a namespace wired to the node bridge, the echo app and any other
+//! apps, optionally the sidecar (knit-init + knit-proxy as uid 1337), a
+//! hosts file for service names, and the WorkloadEntry that tells knitd
+//! about it.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::apps::AppSpec;
 use crate::cleanup;
 use crate::config;
 use crate::error::{LabError, Result};
@@ -48,16 +50,21 @@ impl Lab {
         } else {
             None
         };
+        let named_ports = spec.named_ports();
         let (index, ip) = self.allocate_pod_ip()?;
         let pod = Pod {
             netns: format!("{}-pod-{}", self.shared.prefix, spec.name),
             name: spec.name,
             namespace: spec.namespace,
             ip,
+            ipv6: self.dual_stack.then(|| netns::pod_ipv6(ip)),
             labels: spec.labels,
             service_account: spec.service_account,
             app_port: spec.app_port,
+            apps: spec.apps,
             sidecar: spec.sidecar,
+            init_args: spec.init_args,
+            proxy_args: spec.proxy_args,
             registered_at: Instant::now(),
         };
         let name = pod.name.clone();
@@ -69,7 +76,7 @@ impl Lab {
                 processes: Vec::new(),
             },
         );
-        match self.bring_up_pod(&name, index, sidecar) {
+        match self.bring_up_pod(&name, index, sidecar, &named_ports) {
             Ok(pod) => Ok(pod),
             Err(e) => {
                 let _ = self.remove_pod(&name);
@@ -83,6 +90,7 @@ impl Lab {
         name: &str,
         index: u32,
         sidecar: Option<(PathBuf, PathBuf)>,
+        named_ports: &BTreeMap<String, u16>,
     ) -> Result<Pod> {
         let pod = self.pod(name)?.clone();
         let tools = self.shared.tools.clone();
@@ -92,12 +100,22 @@ impl Lab {
             &pod.netns,
             &format!("vh{index}"),
             pod.ip,
+            pod.ipv6,
         )?;
+        if let Some(ip6) = pod.ipv6 {
+            // DAD is off, but the address must be usable before anyone
+            // calls the pod ready.
+            crate::wait::wait_until(
+                &format!("{ip6} to be usable in pod {name}"),
+                READY_TIMEOUT,
+                || netns::ipv6_ready(&tools, &pod.netns, "eth0", ip6),
+            )?;
+        }
         self.write_hosts(&pod)?;
 
         let mut cmd = netns::exec_in(&tools, &pod.netns, &self.knit_lab);
         cmd.args(["echo", "--pod-name", name, "--listen"])
-            .arg(format!("0.0.0.0:{}", pod.app_port));
+            .arg(format!("{}:{}", self.listen_host(), pod.app_port));
         default_log_env(&mut cmd);
         let log = self.logs_dir().join(format!("{name}.echo.log"));
         let echo = self
@@ -110,6 +128,9 @@ impl Lab {
         self.wait_process_ready(echo, &what, READY_TIMEOUT, |lab| {
             Ok(lab.get_in(&pod.netns, &url, &format!("pod {name}"))?.status == 200)
         })?;
+        for app in &pod.apps {
+            self.start_app(&pod, app)?;
+        }
 
         if let Some((init, proxy)) = sidecar {
             self.run_init(&pod, &init)?;
@@ -122,7 +143,8 @@ impl Lab {
             pod.ip,
             &pod.labels,
             &pod.service_account,
-            &BTreeMap::from([("http".to_string(), pod.app_port)]),
+            named_ports,
+            pod.sidecar,
         );
         self.write_config(&workload_entry_file(name), &entry)?;
         let state = self.pods.get_mut(name).ok_or_else(|| not_found(name))?;
@@ -130,8 +152,33 @@ impl Lab {
         Ok(state.pod.clone())
     }
 
+    /// Starts one app and waits until its port listens in the pod.
+    fn start_app(&mut self, pod: &Pod, app: &AppSpec) -> Result<()> {
+        let tools = &self.shared.tools;
+        let mut cmd = netns::exec_in(tools, &pod.netns, &self.knit_lab);
+        cmd.arg(app.subcommand())
+            .args(app.args(&pod.name, self.listen_host(), &self.tls_dir()));
+        default_log_env(&mut cmd);
+        let log = self
+            .logs_dir()
+            .join(format!("{}.{}.log", pod.name, app.subcommand()));
+        let label = format!("{} in pod {}", app.subcommand(), pod.name);
+        let id = self.shared.spawn(&label, cmd, &log, None)?;
+        self.track(&pod.name, id);
+        let what = format!("{label} to listen on port {}", app.port());
+        // `ip netns exec` execs the app, so the PID is the app's and its
+        // /proc/<pid>/net is the pod's.
+        self.wait_process_ready(id, &what, READY_TIMEOUT, |lab| {
+            Ok(lab
+                .shared
+                .pid_of(id)
+                .is_some_and(|pid| crate::apps::listening(pid, app.port())))
+        })
+    }
+
     fn run_init(&self, pod: &Pod, init: &std::path::Path) -> Result<()> {
-        let cmd = netns::exec_in(&self.shared.tools, &pod.netns, init);
+        let mut cmd = netns::exec_in(&self.shared.tools, &pod.netns, init);
+        cmd.args(&pod.init_args);
         let command = process::describe(&cmd);
         let out = run_capture(cmd, INIT_TIMEOUT)?;
         let log = self.logs_dir().join(format!("{}.init.log", pod.name));
@@ -168,7 +215,11 @@ impl Lab {
                 &pod.namespace,
                 "--pod-ips",
             ])
-            .arg(pod.ip.to_string());
+            .arg(match pod.ipv6 {
+                Some(ip6) => format!("{},{ip6}", pod.ip),
+                None => pod.ip.to_string(),
+            })
+            .args(&pod.proxy_args);
         default_log_env(&mut cmd);
         let log = self.logs_dir().join(format!("{}.proxy.log", pod.name));
         let id = self
@@ -250,7 +301,7 @@ impl Lab {
         self.pods.values().map(|s| &s.pod)
     }
 
-    /// PIDs of a pod's echo and proxy (those still running).
+    /// PIDs of a pod's echo, apps and proxy (those still running).
     pub fn pod_pids(&self, name: &str) -> Result<Vec<u32>> {
         let state = self.pods.get(name).ok_or_else(|| not_found(name))?;
         let mut st = self.shared.lock();
@@ -274,7 +325,13 @@ impl Lab {
         let dir = cleanup::etc_netns_dir(&pod.netns);
         std::fs::create_dir_all(&dir)
             .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
-        let text = config::hosts_file(&pod.name, &pod.namespace, pod.ip, &self.hosts_services());
+        let text = config::hosts_file(
+            &pod.name,
+            &pod.namespace,
+            pod.ip,
+            pod.ipv6,
+            &self.hosts_services(),
+        );
         // The temp file sits beside the pod's dir, not in it: `ip netns exec`
         // bind-mounts every file in the dir over /etc.
         let tmp = cleanup::hosts_tmp_path(&pod.netns);

@@ -4,11 +4,15 @@
 //! no thread of the caller ever switches namespace.
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
+
+use crate::apps::AppClient;
 use crate::client::{ClientReport, ClientSpec, HttpResponse};
 use crate::error::{LabError, Result};
 use crate::iptables::{self, NatRule};
@@ -24,16 +28,16 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Lab {
-    fn client_command(&self, ns: &str, spec: &ClientSpec) -> std::process::Command {
+    fn client_command<C: AppClient>(&self, ns: &str, spec: &C) -> std::process::Command {
         let mut cmd = netns::exec_in(&self.shared.tools, ns, &self.knit_lab);
-        cmd.arg("client").args(spec.to_args());
+        cmd.arg(spec.subcommand()).args(spec.to_args());
         cmd
     }
 
-    fn run_client_in(&self, ns: &str, spec: &ClientSpec) -> Result<ClientReport> {
+    pub(crate) fn run_client_in<C: AppClient>(&self, ns: &str, spec: &C) -> Result<C::Report> {
         let cmd = self.client_command(ns, spec);
         let command = process::describe(&cmd);
-        let out = run_checked(cmd, spec.duration + CLIENT_MARGIN)?;
+        let out = run_checked(cmd, spec.max_duration() + CLIENT_MARGIN)?;
         parse_report(&command, &out)
     }
 
@@ -145,33 +149,41 @@ impl Lab {
     /// Starts a client in the background, e.g. to keep load on while config
     /// changes; [`ClientHandle::join`] returns its report.
     pub fn spawn_client(&self, pod: &str, spec: &ClientSpec) -> Result<ClientHandle> {
+        self.spawn_client_in(pod, spec)
+    }
+
+    pub(crate) fn spawn_client_in<C: AppClient>(
+        &self,
+        pod: &str,
+        spec: &C,
+    ) -> Result<ClientHandle<C::Report>> {
         let netns = self.pod(pod)?.netns.clone();
         let n = self.client_seq.fetch_add(1, Ordering::Relaxed);
-        let stdout = self.logs_dir().join(format!("client-{n}.{pod}.json"));
-        let log = self.logs_dir().join(format!("client-{n}.{pod}.log"));
+        let sub = spec.subcommand();
+        let stdout = self.logs_dir().join(format!("{sub}-{n}.{pod}.json"));
+        let log = self.logs_dir().join(format!("{sub}-{n}.{pod}.log"));
         let cmd = self.client_command(&netns, spec);
         let command = process::describe(&cmd);
-        let id = self.shared.spawn(
-            &format!("client {n} in pod {pod}"),
-            cmd,
-            &log,
-            Some(&stdout),
-        )?;
+        let id = self
+            .shared
+            .spawn(&format!("{sub} {n} in pod {pod}"), cmd, &log, Some(&stdout))?;
+        let limit = spec.max_duration() + CLIENT_MARGIN;
         Ok(ClientHandle {
             shared: self.shared.clone(),
             id: Some(id),
             command,
             stdout,
             log,
-            limit: spec.duration + CLIENT_MARGIN,
-            deadline: Instant::now() + spec.duration + CLIENT_MARGIN,
+            limit,
+            deadline: Instant::now() + limit,
+            report: PhantomData,
         })
     }
 }
 
 /// A client running in the background. Dropping it without `join` kills it.
 #[derive(Debug)]
-pub struct ClientHandle {
+pub struct ClientHandle<R = ClientReport> {
     shared: Arc<Shared>,
     id: Option<u64>,
     command: String,
@@ -179,9 +191,10 @@ pub struct ClientHandle {
     log: PathBuf,
     limit: Duration,
     deadline: Instant,
+    report: PhantomData<fn() -> R>,
 }
 
-impl ClientHandle {
+impl<R: DeserializeOwned> ClientHandle<R> {
     /// Whether the client has exited.
     pub fn is_finished(&self) -> bool {
         let Some(id) = self.id else { return true };
@@ -193,7 +206,7 @@ impl ClientHandle {
 
     /// Waits for the client (bounded by its duration plus a margin) and
     /// returns its report.
-    pub fn join(mut self) -> Result<ClientReport> {
+    pub fn join(mut self) -> Result<R> {
         let id = self.id.take().ok_or(LabError::ShutDown)?;
         let status = loop {
             let status = {
@@ -228,7 +241,7 @@ impl ClientHandle {
     }
 }
 
-impl Drop for ClientHandle {
+impl<R> Drop for ClientHandle<R> {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             self.shared.stop(&[id], Duration::ZERO);
@@ -236,7 +249,7 @@ impl Drop for ClientHandle {
     }
 }
 
-fn parse_report(command: &str, stdout: &str) -> Result<ClientReport> {
+fn parse_report<R: DeserializeOwned>(command: &str, stdout: &str) -> Result<R> {
     serde_json::from_str(stdout.trim()).map_err(|e| {
         LabError::parse(
             format!("report of `{command}` ({:?})", truncate(stdout, 300)),

@@ -32,6 +32,71 @@ impl HttpResponse {
     }
 }
 
+/// The check of one `--download` or `--upload`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferCheck {
+    /// `download` or `upload`.
+    pub direction: String,
+    /// Bytes that arrived (downloads) or that the echo says it received (uploads).
+    pub bytes: u64,
+    pub expected_bytes: u64,
+    pub sha256: String,
+    pub expected_sha256: String,
+    /// Why the check failed; `None` when it passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl TransferCheck {
+    pub fn passed(&self) -> bool {
+        self.problem.is_none()
+    }
+
+    pub(crate) fn download(r: &crate::pattern::CheckResult) -> TransferCheck {
+        TransferCheck {
+            direction: "download".to_string(),
+            bytes: r.bytes,
+            expected_bytes: r.expected_bytes,
+            sha256: r.sha256.clone(),
+            expected_sha256: r.expected_sha256.clone(),
+            problem: r.problem(),
+        }
+    }
+
+    /// Checks the echo's `{"bytes": n, "sha256": "<hex>"}` answer to an upload.
+    pub(crate) fn upload(expected_bytes: u64, expected_sha256: &str, body: &[u8]) -> TransferCheck {
+        let mut check = TransferCheck {
+            direction: "upload".to_string(),
+            expected_bytes,
+            expected_sha256: expected_sha256.to_string(),
+            ..TransferCheck::default()
+        };
+        let v: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                check.problem = Some(format!("the answer is not JSON: {e}"));
+                return check;
+            }
+        };
+        check.bytes = v["bytes"].as_u64().unwrap_or(0);
+        check.sha256 = v["sha256"].as_str().unwrap_or_default().to_string();
+        check.problem = if check.bytes != expected_bytes {
+            Some(format!(
+                "the echo received {} bytes, expected {expected_bytes}",
+                check.bytes
+            ))
+        } else if check.sha256 != expected_sha256 {
+            Some(format!(
+                "the echo's sha256 {:?} differs from the pattern's {expected_sha256}",
+                check.sha256
+            ))
+        } else {
+            None
+        };
+        check
+    }
+}
+
 /// The JSON report `knit-lab client` prints.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientReport {
@@ -46,9 +111,24 @@ pub struct ClientReport {
     pub by_pod: BTreeMap<String, u64>,
     /// Proxy-generated responses per `x-knit-error` reason.
     pub knit_errors: BTreeMap<String, u64>,
-    /// The first few distinct transport error messages.
+    /// The first few distinct error messages (transport failures and failed
+    /// transfer checks).
     pub errors: Vec<String>,
     pub elapsed_ms: u64,
+    /// Request and response body bytes.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// Transfers checked (2xx answers to `--download`/`--upload`), and those
+    /// that failed their check (not counted as `ok`).
+    #[serde(default)]
+    pub verified: u64,
+    #[serde(default)]
+    pub mismatched: u64,
+    /// The first failed transfer check, else the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferCheck>,
     /// The only response, when exactly one request was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<HttpResponse>,
@@ -57,12 +137,34 @@ pub struct ClientReport {
 impl ClientReport {
     /// Counts one response.
     pub fn record_response(&mut self, status: u16, headers: &HeaderMap, body: &[u8], keep: bool) {
+        self.record_checked(status, headers, body, keep, None);
+    }
+
+    /// Counts one response whose transfer may have been checked: a 2xx is
+    /// `ok` only if its check passed.
+    pub fn record_checked(
+        &mut self,
+        status: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+        keep: bool,
+        check: Option<TransferCheck>,
+    ) {
         self.sent += 1;
-        if (200..300).contains(&status) {
+        let passed = check.as_ref().is_none_or(TransferCheck::passed);
+        if (200..300).contains(&status) && passed {
             self.ok += 1;
         }
+        if let Some(check) = check {
+            self.verified += 1;
+            if let Some(problem) = &check.problem {
+                self.mismatched += 1;
+                self.note_error(format!("{} check failed: {problem}", check.direction));
+            }
+            self.keep_check(check);
+        }
         *self.statuses.entry(status).or_insert(0) += 1;
-        if let Some(pod) = pod_of(body) {
+        if let Some(pod) = pod_of(headers, body) {
             *self.by_pod.entry(pod).or_insert(0) += 1;
         }
         for reason in headers.get_all("x-knit-error") {
@@ -84,8 +186,19 @@ impl ClientReport {
     pub fn record_error(&mut self, message: String) {
         self.sent += 1;
         self.failed += 1;
+        self.note_error(message);
+    }
+
+    fn note_error(&mut self, message: String) {
         if self.errors.len() < MAX_ERRORS && !self.errors.contains(&message) {
             self.errors.push(message);
+        }
+    }
+
+    /// A failed check stays; otherwise the latest replaces the one before.
+    fn keep_check(&mut self, check: TransferCheck) {
+        if self.transfer.as_ref().is_none_or(TransferCheck::passed) {
+            self.transfer = Some(check);
         }
     }
 
@@ -104,12 +217,17 @@ impl ClientReport {
             *self.knit_errors.entry(k).or_insert(0) += v;
         }
         for e in other.errors {
-            if self.errors.len() < MAX_ERRORS && !self.errors.contains(&e) {
-                self.errors.push(e);
-            }
+            self.note_error(e);
         }
         if other.last.is_some() {
             self.last = other.last;
+        }
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.verified += other.verified;
+        self.mismatched += other.mismatched;
+        if let Some(check) = other.transfer {
+            self.keep_check(check);
         }
         self.elapsed_ms = self.elapsed_ms.max(other.elapsed_ms);
     }
@@ -125,10 +243,19 @@ impl ClientReport {
     }
 }
 
-pub(crate) fn pod_of(body: &[u8]) -> Option<String> {
-    // Only echo bodies name a pod; anything else (proxy errors) is not counted.
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.get("pod")?.as_str().map(str::to_string)
+/// The pod that answered: the echo body's `pod`, else its `x-echo-pod`
+/// header (bodies of `/bytes/<n>` are not JSON). Proxy-generated responses
+/// have neither and are not counted.
+pub(crate) fn pod_of(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    let from_body = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("pod")?.as_str().map(str::to_string));
+    from_body.or_else(|| {
+        headers
+            .get(crate::echo::POD_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    })
 }
 
 pub(crate) fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
@@ -246,6 +373,66 @@ mod tests {
         let last = a.last.as_ref().unwrap();
         assert_eq!(last.header("X-TEST"), Some("1, 2"));
         assert_eq!(last.json().unwrap()["pod"], "p");
+    }
+
+    #[test]
+    fn transfer_checks_decide_ok() {
+        let sha = crate::pattern::pattern_sha256(10);
+        let good = format!(r#"{{"pod":"b","bytes":10,"sha256":"{sha}"}}"#);
+        let check = TransferCheck::upload(10, &sha, good.as_bytes());
+        assert!(check.passed(), "{check:?}");
+        let short = TransferCheck::upload(11, &sha, good.as_bytes());
+        assert!(
+            short
+                .problem
+                .as_ref()
+                .unwrap()
+                .contains("received 10 bytes, expected 11")
+        );
+        let wrong = TransferCheck::upload(10, "00", good.as_bytes());
+        assert!(wrong.problem.as_ref().unwrap().contains("differs"));
+        assert!(TransferCheck::upload(10, &sha, b"<html>").problem.is_some());
+
+        let mut r = ClientReport::default();
+        r.record_checked(200, &headers(&[]), good.as_bytes(), false, Some(check));
+        r.record_checked(
+            200,
+            &headers(&[]),
+            good.as_bytes(),
+            false,
+            Some(short.clone()),
+        );
+        r.record_checked(
+            200,
+            &headers(&[]),
+            good.as_bytes(),
+            false,
+            Some(TransferCheck::upload(10, &sha, good.as_bytes())),
+        );
+        assert_eq!((r.sent, r.ok, r.verified, r.mismatched), (3, 2, 3, 1));
+        assert_eq!(r.transfer.as_ref(), Some(&short), "the failure is kept");
+        assert!(r.errors[0].starts_with("upload check failed"), "{r:?}");
+        assert!(!r.all_ok());
+
+        let mut pc = crate::pattern::PatternCheck::new(5);
+        pc.update(&crate::pattern::pattern(5));
+        let d = TransferCheck::download(&pc.finish());
+        assert!(d.passed() && d.direction == "download" && d.bytes == 5);
+
+        // The pod of a body that is not JSON comes from the header.
+        let mut r = ClientReport::default();
+        r.record_response(200, &headers(&[("x-echo-pod", "dl")]), b"\x00\x01", false);
+        assert_eq!(r.by_pod["dl"], 1);
+    }
+
+    #[test]
+    fn old_reports_still_parse() {
+        let v = serde_json::json!({
+            "sent": 1, "ok": 1, "failed": 0, "statuses": {"200": 1}, "by_pod": {},
+            "knit_errors": {}, "errors": [], "elapsed_ms": 3
+        });
+        let r: ClientReport = serde_json::from_value(v).unwrap();
+        assert_eq!((r.verified, r.bytes_sent, r.transfer), (0, 0, None));
     }
 
     #[test]

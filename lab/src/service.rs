@@ -1,7 +1,7 @@
 //! Knit config the lab writes into knitd's directory: Services (with VIPs
 //! and the pods' hosts entries) and arbitrary files for tests of bad config.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::config;
 use crate::error::{LabError, Result};
@@ -28,7 +28,8 @@ impl Lab {
     // ---- services ----
 
     /// Writes the Service file (`svc-<name>.yaml`, or `svc-<ns>-<name>.yaml`
-    /// outside `default`), updates every pod's hosts file, returns the VIP.
+    /// outside `default`), updates every pod's hosts file, returns the
+    /// (IPv4) VIP; [`Lab::service_vip6`] has the IPv6 one.
     pub fn add_service(&mut self, spec: ServiceSpec) -> Result<Ipv4Addr> {
         spec.validate()?;
         let key = (spec.namespace.clone(), spec.name.clone());
@@ -53,6 +54,19 @@ impl Lab {
             }
             None => self.allocate_vip()?,
         };
+        let vip6 = match spec.vip6 {
+            Some(v6) => Some(v6),
+            None if self.dual_stack && !spec.ipv4_only => Some(crate::netns::vip_ipv6(vip)),
+            None => None,
+        };
+        if let Some(v6) = vip6
+            && let Some(other) = self.services.values().find(|s| s.vip6 == Some(v6))
+        {
+            return Err(LabError::invalid(
+                format!("service `{}` vip6", spec.name),
+                format!("{v6} is already used by {}/{}", other.namespace, other.name),
+            ));
+        }
         let file = if spec.namespace == "default" {
             format!("svc-{}.yaml", spec.name)
         } else {
@@ -62,6 +76,7 @@ impl Lab {
             &spec.name,
             &spec.namespace,
             vip,
+            vip6,
             &spec.ports,
             &spec.selector,
         );
@@ -72,6 +87,7 @@ impl Lab {
                 name: spec.name,
                 namespace: spec.namespace,
                 vip,
+                vip6,
                 file,
             },
         );
@@ -103,6 +119,17 @@ impl Lab {
             })
     }
 
+    /// The IPv6 VIP of a service, if it has one.
+    pub fn service_vip6(&self, namespace: &str, name: &str) -> Result<Option<Ipv6Addr>> {
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|s| s.vip6)
+            .ok_or_else(|| LabError::NotFound {
+                kind: "service",
+                name: format!("{namespace}/{name}"),
+            })
+    }
+
     fn allocate_vip(&mut self) -> Result<Ipv4Addr> {
         while self.next_vip_index <= MAX_INDEX {
             let index = self.next_vip_index;
@@ -125,6 +152,7 @@ impl Lab {
                 name: s.name.clone(),
                 namespace: s.namespace.clone(),
                 vip: s.vip,
+                vip6: s.vip6,
             })
             .collect()
     }

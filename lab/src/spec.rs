@@ -2,12 +2,14 @@
 //! validation that keeps bad names out of namespaces, files and YAML.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
+use crate::apps::AppSpec;
 use crate::error::{LabError, Result};
 
-/// A pod to add: a network namespace running the echo app and, with
-/// `sidecar`, `knit-init` + `knit-proxy`.
+/// A pod to add: a network namespace running the echo app (plus any
+/// [`AppSpec`] apps) and, with `sidecar`, `knit-init` + `knit-proxy`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodSpec {
     /// Pod name; unique within the lab (it names the pod's namespace).
@@ -21,6 +23,12 @@ pub struct PodSpec {
     pub app_port: u16,
     /// Whether the pod gets traffic capture and a proxy.
     pub sidecar: bool,
+    /// Apps the pod runs besides the echo, each on its own port.
+    pub apps: Vec<AppSpec>,
+    /// Extra arguments for knit-init (e.g. `--exclude-inbound-ports=...`).
+    pub init_args: Vec<String>,
+    /// Extra arguments for knit-proxy (e.g. `--detect-timeout-ms=3000`).
+    pub proxy_args: Vec<String>,
 }
 
 impl PodSpec {
@@ -33,7 +41,29 @@ impl PodSpec {
             service_account: "default".to_string(),
             app_port: 8080,
             sidecar: false,
+            apps: Vec::new(),
+            init_args: Vec::new(),
+            proxy_args: Vec::new(),
         }
+    }
+
+    /// Adds an argument to the pod's knit-init command line.
+    pub fn init_arg(mut self, arg: &str) -> Self {
+        self.init_args.push(arg.to_string());
+        self
+    }
+
+    /// Adds an argument to the pod's knit-proxy command line.
+    pub fn proxy_arg(mut self, arg: &str) -> Self {
+        self.proxy_args.push(arg.to_string());
+        self
+    }
+
+    /// Adds an app besides the echo; its port joins the WorkloadEntry's
+    /// `ports` under the app's name (`grpc`, `tls`, `banner`, `tcp`).
+    pub fn app(mut self, app: AppSpec) -> Self {
+        self.apps.push(app);
+        self
     }
 
     pub fn namespace(mut self, namespace: &str) -> Self {
@@ -79,28 +109,101 @@ impl PodSpec {
                 ),
             ));
         }
+        let mut ports = vec![("http", self.app_port)];
+        for app in &self.apps {
+            let field = format!("{what} app {}", app.port_name());
+            if app.port() == 0 {
+                return Err(LabError::invalid(field, "port 0"));
+            }
+            if self.sidecar && PROXY_PORTS.contains(&app.port()) {
+                return Err(LabError::invalid(
+                    field,
+                    format!("{} is reserved for the proxy ({PROXY_PORTS:?})", app.port()),
+                ));
+            }
+            if let Some((other, _)) = ports
+                .iter()
+                .find(|(n, p)| *n == app.port_name() || *p == app.port())
+            {
+                return Err(LabError::invalid(
+                    field,
+                    format!(
+                        "port {} or name {} is already taken by {other}",
+                        app.port(),
+                        app.port_name()
+                    ),
+                ));
+            }
+            ports.push((app.port_name(), app.port()));
+        }
         Ok(())
+    }
+
+    /// The WorkloadEntry's named ports: `http` (the echo) and every app's.
+    pub fn named_ports(&self) -> BTreeMap<String, u16> {
+        let mut ports = BTreeMap::from([("http".to_string(), self.app_port)]);
+        for app in &self.apps {
+            ports.insert(app.port_name().to_string(), app.port());
+        }
+        ports
     }
 }
 
 /// Ports the proxy itself listens on inside a pod.
-const PROXY_PORTS: [u16; 5] = [15000, 15001, 15006, 15021, 15090];
+const PROXY_PORTS: [u16; 6] = [15000, 15001, 15006, 15008, 15021, 15090];
+
+/// Where a Service port sends traffic on the selected pods: a number, or
+/// the name of a port in their WorkloadEntries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+impl From<u16> for TargetPort {
+    fn from(n: u16) -> TargetPort {
+        TargetPort::Number(n)
+    }
+}
+
+impl From<&str> for TargetPort {
+    fn from(name: &str) -> TargetPort {
+        TargetPort::Name(name.to_string())
+    }
+}
+
+impl fmt::Display for TargetPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetPort::Number(n) => write!(f, "{n}"),
+            TargetPort::Name(name) => f.write_str(name),
+        }
+    }
+}
 
 /// One port of a Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
     pub name: String,
     pub port: u16,
-    pub target_port: u16,
+    pub target_port: TargetPort,
+    /// Kubernetes `appProtocol` (e.g. `http`, `grpc`, `tcp`), which tells
+    /// the mesh the protocol without detection.
+    pub app_protocol: Option<String>,
 }
 
 /// A Service to add: a VIP (allocated from 198.19.0.10 upwards unless given),
-/// ports and a label selector.
+/// in dual-stack labs also an IPv6 VIP, ports and a label selector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
     pub name: String,
     pub namespace: String,
     pub vip: Option<Ipv4Addr>,
+    /// The IPv6 VIP (in 2001:2:0:1::/64). Unset, a dual-stack lab derives
+    /// it from the IPv4 VIP (198.19.A.B → 2001:2:0:1::A:B).
+    pub vip6: Option<Ipv6Addr>,
+    /// No IPv6 VIP even in a dual-stack lab.
+    pub ipv4_only: bool,
     pub ports: Vec<ServicePort>,
     pub selector: BTreeMap<String, String>,
 }
@@ -112,6 +215,8 @@ impl ServiceSpec {
             name: name.to_string(),
             namespace: "default".to_string(),
             vip: None,
+            vip6: None,
+            ipv4_only: false,
             ports: Vec::new(),
             selector: BTreeMap::new(),
         }
@@ -127,11 +232,47 @@ impl ServiceSpec {
         self
     }
 
-    pub fn port(mut self, name: &str, port: u16, target_port: u16) -> Self {
+    /// A second cluster IP, IPv6; makes the Service dual-stack in any lab.
+    pub fn vip6(mut self, vip: Ipv6Addr) -> Self {
+        self.vip6 = Some(vip);
+        self
+    }
+
+    /// Keeps the Service single-stack IPv4 in a dual-stack lab.
+    pub fn ipv4_only(mut self) -> Self {
+        self.ipv4_only = true;
+        self
+    }
+
+    pub fn port(self, name: &str, port: u16, target_port: u16) -> Self {
+        self.port_to(name, port, target_port, None)
+    }
+
+    /// A port with an `appProtocol`, e.g. `.port_with_protocol("banner", 25, 2525, "tcp")`.
+    pub fn port_with_protocol(
+        self,
+        name: &str,
+        port: u16,
+        target_port: u16,
+        app_protocol: &str,
+    ) -> Self {
+        self.port_to(name, port, target_port, Some(app_protocol))
+    }
+
+    /// The general form: the target by number or by the pods' port name
+    /// (`"grpc"`), with an optional `appProtocol`.
+    pub fn port_to(
+        mut self,
+        name: &str,
+        port: u16,
+        target: impl Into<TargetPort>,
+        app_protocol: Option<&str>,
+    ) -> Self {
         self.ports.push(ServicePort {
             name: name.to_string(),
             port,
-            target_port,
+            target_port: target.into(),
+            app_protocol: app_protocol.map(str::to_string),
         });
         self
     }
@@ -156,10 +297,28 @@ impl ServiceSpec {
         let mut seen_ports = Vec::new();
         for p in &self.ports {
             validate_dns_label(&format!("{what} port name"), &p.name)?;
-            if p.port == 0 || p.target_port == 0 {
+            let field = format!("{what} port `{}`", p.name);
+            if p.port == 0 || p.target_port == TargetPort::Number(0) {
+                return Err(LabError::invalid(field, "port 0"));
+            }
+            if let TargetPort::Name(target) = &p.target_port
+                && !is_port_name(target)
+            {
                 return Err(LabError::invalid(
-                    format!("{what} port `{}`", p.name),
-                    "port 0",
+                    field,
+                    format!(
+                        "target port name {target:?} must be 1-15 lowercase letters, digits and single '-', with a letter"
+                    ),
+                ));
+            }
+            if let Some(proto) = &p.app_protocol
+                && (proto.is_empty()
+                    || proto.len() > 253
+                    || !proto.bytes().all(|b| b.is_ascii_graphic()))
+            {
+                return Err(LabError::invalid(
+                    field,
+                    format!("appProtocol {proto:?} must be a non-empty token"),
                 ));
             }
             if seen_names.contains(&&p.name) || seen_ports.contains(&p.port) {
@@ -179,6 +338,20 @@ impl ServiceSpec {
                 format!("{vip} is outside 198.19.0.0/16"),
             ));
         }
+        if let Some(vip6) = self.vip6 {
+            if !in_vip6_range(vip6) {
+                return Err(LabError::invalid(
+                    format!("{what} vip6"),
+                    format!("{vip6} is outside 2001:2:0:1::/64"),
+                ));
+            }
+            if self.ipv4_only {
+                return Err(LabError::invalid(
+                    format!("{what} vip6"),
+                    "an IPv6 VIP on an ipv4_only service",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -187,6 +360,27 @@ impl ServiceSpec {
 pub(crate) fn in_vip_range(ip: Ipv4Addr) -> bool {
     let o = ip.octets();
     o[0] == 198 && o[1] == 19
+}
+
+/// IPv6 service VIPs live in 2001:2:0:1::/64 (RFC 5180's benchmarking
+/// prefix) and are never assigned to an interface either.
+pub(crate) fn in_vip6_range(ip: Ipv6Addr) -> bool {
+    ip.segments()[..4] == [0x2001, 2, 0, 1]
+}
+
+/// An IANA service name, as Kubernetes requires of named ports: 1-15
+/// lowercase letters, digits and non-adjacent '-', at least one letter,
+/// not starting or ending with '-'.
+pub(crate) fn is_port_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
 }
 
 /// RFC 1123 label: what Kubernetes requires of names, and safe in file and
@@ -287,8 +481,39 @@ mod tests {
         assert!(ServiceSpec::new("backend").validate().is_err());
         assert!(base.clone().port("http", 81, 8080).validate().is_err());
         assert!(base.clone().port("other", 80, 8080).validate().is_err());
-        let err = base.vip(Ipv4Addr::new(10, 0, 0, 1)).validate().unwrap_err();
+        let err = base
+            .clone()
+            .vip(Ipv4Addr::new(10, 0, 0, 1))
+            .validate()
+            .unwrap_err();
         assert!(err.to_string().contains("outside 198.19.0.0/16"), "{err}");
+
+        let v6: Ipv6Addr = "2001:2:0:1::10".parse().unwrap();
+        base.clone().vip6(v6).validate().unwrap();
+        let err = base
+            .clone()
+            .vip6("2001:2::10".parse().unwrap())
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("outside 2001:2:0:1::/64"), "{err}");
+        assert!(base.clone().vip6(v6).ipv4_only().validate().is_err());
+
+        let named = ServiceSpec::new("grpc")
+            .port_to("grpc", 50051, "grpc", Some("grpc"))
+            .port_with_protocol("banner", 25, 2525, "tcp");
+        named.validate().unwrap();
+        assert_eq!(named.ports[0].target_port, TargetPort::Name("grpc".into()));
+        assert_eq!(named.ports[1].app_protocol.as_deref(), Some("tcp"));
+        for bad in ["", "GRPC", "123", "-a", "a--b", "sixteen-letters-"] {
+            let spec = ServiceSpec::new("x").port_to("p", 1, bad, None);
+            assert!(spec.validate().is_err(), "{bad:?}");
+        }
+        assert!(
+            ServiceSpec::new("x")
+                .port_with_protocol("p", 1, 1, "has space")
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]
@@ -303,5 +528,35 @@ mod tests {
         );
         PodSpec::new("web").app_port(15001).validate().unwrap();
         assert!(PodSpec::new("Web").validate().is_err());
+
+        let apps = PodSpec::new("apps")
+            .app(AppSpec::GrpcEcho { port: 50051 })
+            .app(AppSpec::Banner { port: 2525 });
+        apps.validate().unwrap();
+        assert_eq!(
+            apps.named_ports(),
+            BTreeMap::from([
+                ("banner".to_string(), 2525),
+                ("grpc".to_string(), 50051),
+                ("http".to_string(), 8080)
+            ])
+        );
+        let clash = apps.clone().app(AppSpec::TcpEcho { port: 8080 }).validate();
+        assert!(
+            clash
+                .unwrap_err()
+                .to_string()
+                .contains("already taken by http")
+        );
+        let twice = apps
+            .clone()
+            .app(AppSpec::GrpcEcho { port: 50052 })
+            .validate();
+        assert!(twice.unwrap_err().to_string().contains("name grpc"));
+        let reserved = apps
+            .app(AppSpec::TlsEcho { port: 15008 })
+            .sidecar(true)
+            .validate();
+        assert!(reserved.unwrap_err().to_string().contains("reserved"));
     }
 }

@@ -125,7 +125,8 @@ fn demo_succeeds_and_cleans_up() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("outbound.http.requests     +20"),
+        stdout.contains("outbound.http.requests     +20")
+            && stdout.contains("mesh.requests              +10"),
         "{stdout}"
     );
     let left = demo_leftovers(pid);

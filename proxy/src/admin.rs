@@ -85,7 +85,7 @@ fn respond(ctx: &ProxyContext, role: Role, req: &Request<Incoming>) -> Response<
             }
         }
         (Role::Admin, "/config_dump") => json(&*ctx.config.load()),
-        (Role::Admin, "/stats") => json(&serde_json::json!({ "counters": ctx.stats.to_map() })),
+        (Role::Admin, "/stats") => json(&serde_json::json!({ "counters": ctx.stats_map() })),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::snapshot::Snapshot;
-use crate::http::upstream::UpstreamPool;
+use crate::http::upstream::{PoolSettings, UpstreamPool};
 use crate::stats::Stats;
 
 #[derive(Debug, Clone)]
@@ -19,6 +19,42 @@ pub struct DataPathSettings {
     /// Inbound waits longer: the peer is usually a proxy that speaks first.
     pub inbound_detect_timeout: Duration,
     pub connect_timeout: Duration,
+    // Limits on what downstream clients may send (see `http::guard` for
+    // what each one guards against and what a client gets when it trips).
+    /// A request head must be complete this long after its first byte
+    /// arrived, or the connection is closed (slowloris).
+    pub http_header_read_timeout: Duration,
+    /// An HTTP/1.1 connection waiting for its next request is closed after
+    /// this long. Kept above the 20 s the proxy's own pools reuse idle
+    /// connections, so a peer proxy never closes one under a reused request.
+    pub http_idle_timeout: Duration,
+    /// Largest request head: HTTP/1.1 request line plus headers, or the
+    /// decoded HTTP/2 header list (RFC 7541 sizes). Beyond it: 431.
+    pub http_max_header_bytes: usize,
+    /// Most header fields in one request. Beyond it: 431.
+    pub http_max_headers: usize,
+    /// Longest request target (path and query, or the absolute URI).
+    /// Beyond it: 414.
+    pub http_max_uri_bytes: usize,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 receive window per stream, in bytes.
+    pub http2_stream_window: u32,
+    /// HTTP/2 receive window per connection, in bytes: the most request
+    /// data one connection can make the proxy hold.
+    pub http2_connection_window: u32,
+    /// Streams a client may open and reset before the proxy even accepted
+    /// them; one more and the connection gets GOAWAY (h2's own guard).
+    pub http2_max_pending_accept_resets: usize,
+    /// Streams the proxy may reset for protocol errors over a connection's
+    /// life before it sends GOAWAY.
+    pub http2_max_local_error_resets: usize,
+    /// Rapid reset (CVE-2023-44487): once a client has reset this many
+    /// requests before their response, and they are more than half of its
+    /// requests, the connection gets GOAWAY and no more upstream work.
+    pub http2_max_premature_resets: usize,
+    /// Connections each listener holds at once; more are closed at accept.
+    pub max_connections_per_listener: usize,
 }
 
 impl Default for DataPathSettings {
@@ -27,6 +63,18 @@ impl Default for DataPathSettings {
             outbound_detect_timeout: Duration::from_millis(300),
             inbound_detect_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(5),
+            http_header_read_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(30),
+            http_max_header_bytes: 64 * 1024,
+            http_max_headers: 100,
+            http_max_uri_bytes: 16 * 1024,
+            http2_max_concurrent_streams: 1024,
+            http2_stream_window: 1024 * 1024,
+            http2_connection_window: 2 * 1024 * 1024,
+            http2_max_pending_accept_resets: 20,
+            http2_max_local_error_resets: 256,
+            http2_max_premature_resets: 100,
+            max_connections_per_listener: 4096,
         }
     }
 }
@@ -70,15 +118,94 @@ impl ConfigStore {
     }
 }
 
+/// Upstream connections by purpose, so each is counted and tuned apart.
+pub struct Pools {
+    /// To endpoints without a Knit proxy, and passthrough.
+    pub direct: Arc<UpstreamPool>,
+    /// To peer proxies' mesh ports: HTTP/2 only, one connection per peer.
+    pub mesh: Arc<UpstreamPool>,
+    /// To this pod's app, from 127.0.0.6 so capture knows it is delivery.
+    pub app: Arc<UpstreamPool>,
+}
+
+/// The source addresses of the proxy's deliveries to its own app; knit-init
+/// exempts them from capture (and puts ::6 on lo).
+pub const INBOUND_DELIVERY_SOURCES: [std::net::IpAddr; 2] = [
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 6)),
+    std::net::IpAddr::V6(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6)),
+];
+
+impl Pools {
+    pub fn new(connect_timeout: Duration) -> Self {
+        let settings = PoolSettings {
+            connect_timeout,
+            ..PoolSettings::default()
+        };
+        Pools {
+            direct: UpstreamPool::new(settings.clone()),
+            mesh: UpstreamPool::new(settings.clone()),
+            app: UpstreamPool::new(PoolSettings {
+                local_bind: INBOUND_DELIVERY_SOURCES.to_vec(),
+                ..settings
+            }),
+        }
+    }
+}
+
 pub struct ProxyContext {
     pub config: ConfigStore,
     pub stats: Stats,
-    pub pool: Arc<UpstreamPool>,
+    pub pools: Pools,
     pub settings: DataPathSettings,
     pub listeners_bound: AtomicBool,
+    /// This pod's own IPs: an endpoint there is this pod, reached directly
+    /// (capture turns that into a call through the inbound side).
+    pub pod_ips: Vec<std::net::IpAddr>,
 }
 
 impl ProxyContext {
+    pub fn new(settings: DataPathSettings) -> Self {
+        ProxyContext {
+            config: ConfigStore::default(),
+            stats: Stats::default(),
+            pools: Pools::new(settings.connect_timeout),
+            settings,
+            listeners_bound: AtomicBool::new(false),
+            pod_ips: Vec::new(),
+        }
+    }
+
+    /// How to reach `ep` from here: through its proxy, unless it is this
+    /// very pod.
+    pub fn upstream_for(
+        &self,
+        ep: &crate::config::snapshot::Endpoint,
+    ) -> crate::config::snapshot::Upstream {
+        if self.pod_ips.contains(&ep.addr.ip()) {
+            crate::config::snapshot::Upstream::Direct(ep.addr)
+        } else {
+            ep.upstream()
+        }
+    }
+
+    /// Counters plus the pools' connection counts.
+    pub fn stats_map(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut map = self.stats.to_map();
+        map.insert(
+            "upstream.direct.connections_opened".into(),
+            self.pools.direct.connections_opened(),
+        );
+        map.insert(
+            "upstream.mesh.connections_opened".into(),
+            self.pools.mesh.connections_opened(),
+        );
+        map.insert(
+            "upstream.app.connections_opened".into(),
+            self.pools.app.connections_opened(),
+        );
+        map
+    }
+
     pub fn is_ready(&self) -> bool {
         self.config.has_config() && self.listeners_bound.load(Ordering::Acquire)
     }

@@ -18,6 +18,18 @@ pub enum Detected {
     Closed,
 }
 
+/// Ports whose protocols the server speaks first (MySQL, PostgreSQL,
+/// Redis, SMTP, submission, memcached, MongoDB, NATS...). Sniffing them would only
+/// delay the greeting by the detection timeout, so they are opaque unless
+/// a Service declares otherwise.
+pub const SERVER_FIRST_PORTS: [u16; 9] = [25, 587, 3306, 5432, 6379, 11211, 27017, 4222, 9042];
+
+/// Whether a connection to `port` with this declared protocol skips
+/// sniffing and is carried as opaque TCP.
+pub fn is_server_first(port: u16) -> bool {
+    SERVER_FIRST_PORTS.contains(&port)
+}
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const METHODS: [&[u8]; 9] = [
     b"GET ",

@@ -55,14 +55,35 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("request has no usable authority (Host header or URI): {0}")]
+    #[error(
+        "peer proxy {peer} refused a tunnel to port {target_port}: status {status}, reason {reason}"
+    )]
+    TunnelRefused {
+        peer: SocketAddr,
+        target_port: u16,
+        status: u16,
+        reason: String,
+    },
+
+    #[error("bad request: {0}")]
     BadRequest(String),
+
+    #[error("request header fields too large: {0}")]
+    HeadersTooLarge(String),
+
+    #[error("request URI too long: {0}")]
+    UriTooLong(String),
 
     #[error("cannot read the original destination: {0}")]
     OriginalDst(#[source] std::io::Error),
 
     #[error("connection addressed the proxy's own port {0} directly; refusing to loop")]
     SelfLoop(SocketAddr),
+
+    #[error(
+        "{0} is a port of the proxy itself, never an app's; is the capture missing an exclusion?"
+    )]
+    ProxyPort(SocketAddr),
 
     #[error("invalid config: {0}")]
     InvalidConfig(String),
@@ -89,9 +110,12 @@ impl Error {
             Error::UpstreamHandshake { .. } => "upstream_handshake_failed",
             Error::UpstreamRequest { .. } => "upstream_request_failed",
             Error::Transfer { .. } => "stream_reset",
+            Error::TunnelRefused { .. } => "tunnel_refused",
             Error::BadRequest(_) => "bad_request",
+            Error::HeadersTooLarge(_) => "headers_too_large",
+            Error::UriTooLong(_) => "uri_too_long",
             Error::OriginalDst(_) => "original_dst_unavailable",
-            Error::SelfLoop(_) => "self_loop",
+            Error::SelfLoop(_) | Error::ProxyPort(_) => "self_loop",
             Error::InvalidConfig(_) => "invalid_config",
             Error::Bind { .. } => "bind_failed",
             Error::ControlPlaneAddress(..) => "invalid_control_plane",
@@ -105,8 +129,13 @@ impl Error {
             | Error::UpstreamConnectTimeout { .. }
             | Error::UpstreamHandshake { .. }
             | Error::UpstreamRequest { .. }
-            | Error::Transfer { .. } => ErrorOrigin::Upstream,
-            Error::BadRequest(_) | Error::SelfLoop(_) => ErrorOrigin::Downstream,
+            | Error::Transfer { .. }
+            | Error::TunnelRefused { .. } => ErrorOrigin::Upstream,
+            Error::BadRequest(_)
+            | Error::HeadersTooLarge(_)
+            | Error::UriTooLong(_)
+            | Error::SelfLoop(_)
+            | Error::ProxyPort(_) => ErrorOrigin::Downstream,
             Error::OriginalDst(_)
             | Error::InvalidConfig(_)
             | Error::Bind { .. }
@@ -128,8 +157,14 @@ impl Error {
     /// The status of the response the proxy generates for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::BadRequest(_) | Error::SelfLoop(_) => StatusCode::BAD_REQUEST,
-            Error::UpstreamRequest { .. } | Error::Transfer { .. } => StatusCode::BAD_GATEWAY,
+            Error::BadRequest(_) | Error::SelfLoop(_) | Error::ProxyPort(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Error::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Error::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Error::UpstreamRequest { .. }
+            | Error::Transfer { .. }
+            | Error::TunnelRefused { .. } => StatusCode::BAD_GATEWAY,
             Error::UpstreamConnectTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -6,15 +6,21 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::addr::{ClientAddr, OrigDstAddr};
+use crate::config::snapshot::Upstream;
 use crate::context::ProxyContext;
-use crate::detect::{Detected, detect};
+use crate::detect::{Detected, detect, is_server_first};
+use crate::error::Error;
+use crate::http::forward::{Route, forward, same_major_version};
 use crate::http::server::{HttpHandler, serve};
-use crate::http::{Body, error_response, forward::forward};
+use crate::http::upgrade::{forward_upgrade, is_upgrade};
+use crate::http::{Body, error_response};
 use crate::listener::{accept_loop, record_detection};
+use crate::mesh::PROXY_PORTS;
 use crate::stats::inc;
 use crate::tcp;
 
@@ -30,9 +36,15 @@ impl InboundListener {
 
     pub async fn run(self) {
         let ctx = self.ctx;
-        accept_loop("inbound", self.listener, move |stream, client, orig_dst| {
-            handle_connection(stream, client, orig_dst, ctx.clone())
-        })
+        accept_loop(
+            "inbound",
+            self.listener,
+            ctx.clone(),
+            |stats| &stats.inbound,
+            move |stream, client, orig_dst| {
+                handle_connection(stream, client, orig_dst, ctx.clone())
+            },
+        )
         .await
     }
 }
@@ -45,14 +57,29 @@ pub async fn handle_connection(
 ) {
     let stats = &ctx.stats.inbound;
     inc(&stats.connections);
-    let detected = match detect(&stream, ctx.settings.inbound_detect_timeout).await {
-        Ok(d) => d,
-        Err(e) => {
-            debug!(%client, error = %e, "inbound detection failed");
-            return;
+    if PROXY_PORTS.contains(&orig_dst.0.port()) {
+        // Only a capture rule that forgot to exclude a proxy port gets us
+        // here; delivering would loop through the proxy.
+        let e = Error::ProxyPort(orig_dst.0);
+        stats.errors.record(e.reason());
+        warn!(%client, reason = e.reason(), error = %e, "inbound connection refused");
+        return;
+    }
+    let detected = if is_server_first(orig_dst.0.port()) {
+        inc(&stats.declared);
+        Detected::Opaque
+    } else {
+        match detect(&stream, ctx.settings.inbound_detect_timeout).await {
+            Ok(d) => {
+                record_detection(stats, d);
+                d
+            }
+            Err(e) => {
+                debug!(%client, error = %e, "inbound detection failed");
+                return;
+            }
         }
     };
-    record_detection(stats, detected);
     match detected {
         Detected::Http1 | Detected::Http2 => {
             serve(
@@ -62,12 +89,13 @@ pub async fn handle_connection(
                     client,
                     orig_dst,
                 }),
+                &ctx.settings,
             )
             .await;
         }
         Detected::Tls | Detected::Opaque | Detected::Timeout => {
             inc(&stats.tcp_connections);
-            if let Err(e) = tcp::forward(stream, orig_dst.0, ctx.settings.connect_timeout).await {
+            if let Err(e) = tcp::deliver(stream, orig_dst.0, &ctx.pools).await {
                 stats.errors.record(e.reason());
                 info!(%client, %orig_dst, reason = e.reason(), error = %e, "inbound TCP failed");
             }
@@ -90,8 +118,23 @@ impl HttpHandler for InboundHttp {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let app = self.orig_dst.0;
-        // One attempt: there is only one local app to try.
-        match forward(&self.ctx.pool, req, &app.to_string(), 1, || Ok(app)).await {
+        let result = if is_upgrade(&req) {
+            match self.ctx.pools.app.connect_stream(app).await {
+                Ok(stream) => forward_upgrade(TokioIo::new(stream), req, app).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            let route = Route {
+                direct: &self.ctx.pools.app,
+                direct_version: same_major_version(req.version()),
+                mesh: &self.ctx.pools.mesh,
+                fallback_authority: app.to_string(),
+                // One attempt: there is only one local app to try.
+                attempts: 1,
+            };
+            forward(&route, req, || Ok(Upstream::Direct(app))).await
+        };
+        match result {
             Ok(resp) => resp,
             Err(e) => {
                 stats.errors.record(e.reason());

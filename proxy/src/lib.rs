@@ -8,10 +8,12 @@ pub mod admin;
 pub mod config;
 pub mod context;
 pub mod detect;
+pub mod dualstack;
 pub mod error;
 pub mod http;
 pub mod inbound;
 pub mod listener;
+pub mod mesh;
 pub mod outbound;
 pub mod sockopt;
 pub mod stats;
@@ -30,9 +32,9 @@ pub use error::Error;
 
 use crate::admin::{AdminServer, Role};
 use crate::config::discovery::ControlPlaneClient;
-use crate::context::{ConfigStore, ProxyContext};
-use crate::http::upstream::{PoolSettings, UpstreamPool};
+use crate::context::ProxyContext;
 use crate::inbound::InboundListener;
+use crate::mesh::server::MeshListener;
 use crate::outbound::OutboundListener;
 
 /// Who this proxy is, as told to the control plane.
@@ -50,6 +52,11 @@ pub struct ProxyOptions {
     pub node: NodeIdentity,
     pub outbound_addr: SocketAddr,
     pub inbound_addr: SocketAddr,
+    /// Where peer proxies connect (HTTP/2, never captured).
+    pub mesh_addr: SocketAddr,
+    /// Also capture IPv6: listen on `[::]` at the outbound and inbound
+    /// ports. Where the kernel has no IPv6 this is skipped with a warning.
+    pub ipv6: bool,
     pub admin_addr: SocketAddr,
     pub readiness_addr: SocketAddr,
     pub settings: DataPathSettings,
@@ -58,24 +65,24 @@ pub struct ProxyOptions {
 /// Binds every listener (failing fast if one cannot be bound), then serves
 /// until `shutdown` resolves.
 pub async fn run(opts: ProxyOptions, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let ctx = Arc::new(ProxyContext {
-        config: ConfigStore::default(),
-        stats: Default::default(),
-        pool: UpstreamPool::new(PoolSettings {
-            connect_timeout: opts.settings.connect_timeout,
-            ..PoolSettings::default()
-        }),
-        settings: opts.settings.clone(),
-        listeners_bound: Default::default(),
-    });
+    let mut ctx = ProxyContext::new(opts.settings.clone());
+    for ip in &opts.node.pod_ips {
+        let parsed = ip
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| Error::InvalidConfig(format!("--pod-ips: {ip:?} is not an IP address")))?;
+        ctx.pod_ips.push(parsed.to_canonical());
+    }
+    let ctx = Arc::new(ctx);
     let outbound = listener::bind("outbound listener", opts.outbound_addr).await?;
     let inbound = listener::bind("inbound listener", opts.inbound_addr).await?;
+    let mesh = listener::bind("mesh listener", opts.mesh_addr).await?;
     let admin = listener::bind("admin server", opts.admin_addr).await?;
     let readiness = listener::bind("readiness server", opts.readiness_addr).await?;
     ctx.listeners_bound.store(true, Ordering::Release);
     info!(
         outbound = %opts.outbound_addr,
         inbound = %opts.inbound_addr,
+        mesh = %opts.mesh_addr,
         admin = %opts.admin_addr,
         readiness = %opts.readiness_addr,
         pod = %opts.node.pod_name,
@@ -98,6 +105,25 @@ pub async fn run(opts: ProxyOptions, shutdown: impl Future<Output = ()>) -> Resu
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(OutboundListener::new(outbound, ctx.clone()).run());
     tasks.spawn(InboundListener::new(inbound, ctx.clone()).run());
+    tasks.spawn(MeshListener::new(mesh, ctx.clone()).run());
+    if opts.ipv6 {
+        for (what, port) in [
+            ("outbound", opts.outbound_addr.port()),
+            ("inbound", opts.inbound_addr.port()),
+        ] {
+            match dualstack::bind_v6_only(port) {
+                Ok(listener) if what == "outbound" => {
+                    tasks.spawn(OutboundListener::new(listener, ctx.clone()).run());
+                }
+                Ok(listener) => {
+                    tasks.spawn(InboundListener::new(listener, ctx.clone()).run());
+                }
+                Err(e) => {
+                    tracing::warn!(listener = what, port, error = %e, "no IPv6 listener; IPv6 traffic is not proxied")
+                }
+            }
+        }
+    }
     tasks.spawn(AdminServer::new(admin, ctx.clone(), Role::Admin).run());
     tasks.spawn(AdminServer::new(readiness, ctx.clone(), Role::Readiness).run());
     tasks.spawn(control_plane.run());

@@ -6,17 +6,21 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::addr::{ClientAddr, OrigDstAddr};
-use crate::config::snapshot::{DeclaredProtocol, ServiceTarget};
+use crate::config::snapshot::{DeclaredProtocol, ServiceTarget, Upstream};
 use crate::context::ProxyContext;
-use crate::detect::{Detected, detect};
+use crate::detect::{Detected, detect, is_server_first};
 use crate::error::Error;
+use crate::http::forward::{Route, forward, same_major_version};
 use crate::http::server::{HttpHandler, serve};
-use crate::http::{Body, error_response, forward::forward, headers::strip_knit_headers};
+use crate::http::upgrade::{forward_upgrade, is_upgrade};
+use crate::http::{Body, error_response, headers::strip_knit_headers};
 use crate::listener::{accept_loop, record_detection};
+use crate::mesh::client::open_tunnel;
 use crate::stats::inc;
 use crate::tcp;
 
@@ -35,6 +39,8 @@ impl OutboundListener {
         accept_loop(
             "outbound",
             self.listener,
+            ctx.clone(),
+            |stats| &stats.outbound,
             move |stream, client, orig_dst| {
                 handle_connection(stream, client, orig_dst, ctx.clone())
             },
@@ -56,7 +62,11 @@ pub async fn handle_connection(
         // Not a mesh service: pass it through untouched to where the app
         // was going.
         inc(&stats.passthrough_connections);
-        if let Err(e) = tcp::forward(stream, orig_dst.0, ctx.settings.connect_timeout).await {
+        let result = match tcp::open(Upstream::Direct(orig_dst.0), &ctx.pools).await {
+            Ok(up) => tcp::splice(stream, up).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             stats.errors.record(e.reason());
             info!(%client, %orig_dst, reason = e.reason(), error = %e, "outbound passthrough failed");
         }
@@ -68,6 +78,10 @@ pub async fn handle_connection(
             Detected::Http1 // the HTTP server reads the preface itself
         }
         DeclaredProtocol::Tcp | DeclaredProtocol::Tls => {
+            inc(&stats.declared);
+            Detected::Opaque
+        }
+        DeclaredProtocol::Detect if is_server_first(orig_dst.0.port()) => {
             inc(&stats.declared);
             Detected::Opaque
         }
@@ -91,7 +105,7 @@ pub async fn handle_connection(
                 client,
                 orig_dst,
             });
-            serve(stream, handler).await;
+            serve(stream, handler, &ctx.settings).await;
         }
         Detected::Tls | Detected::Opaque | Detected::Timeout => {
             forward_tcp_to_service(stream, client, &target, &ctx).await;
@@ -108,15 +122,22 @@ async fn forward_tcp_to_service(
 ) {
     let stats = &ctx.stats.outbound;
     inc(&stats.tcp_connections);
-    let result = match target.pick() {
-        None => Err(Error::NoEndpoints {
-            service: target.service.clone(),
-            port: target.port,
-        }),
-        Some(ep) => tcp::forward(stream, ep.addr, ctx.settings.connect_timeout)
-            .await
-            .map(|_| ()),
-    };
+    let result = async {
+        let mut attempt = 1;
+        let upstream = loop {
+            let ep = target.pick().ok_or_else(|| Error::NoEndpoints {
+                service: target.service.clone(),
+                port: target.port,
+            })?;
+            match tcp::open(ctx.upstream_for(ep), &ctx.pools).await {
+                Ok(up) => break up,
+                Err(e) if e.is_retryable() && attempt < UPSTREAM_ATTEMPTS => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        tcp::splice(stream, upstream).await.map(|_| ())
+    }
+    .await;
     if let Err(e) = result {
         stats.errors.record(e.reason());
         warn!(%client, service = %target.service, port = target.port, reason = e.reason(), error = %e, "outbound TCP failed");
@@ -132,32 +153,50 @@ struct OutboundHttp {
 }
 
 impl OutboundHttp {
+    fn pick(&self) -> Result<Upstream, Error> {
+        let orig_dst = self.orig_dst.0;
+        let snapshot = self.ctx.config.load();
+        match snapshot.lookup(orig_dst) {
+            // The service disappeared under a live connection: go where the
+            // app was going, as for any unknown destination.
+            None => Ok(Upstream::Direct(orig_dst)),
+            Some(target) => target
+                .pick()
+                .map(|ep| self.ctx.upstream_for(ep))
+                .ok_or_else(|| Error::NoEndpoints {
+                    service: target.service.clone(),
+                    port: target.port,
+                }),
+        }
+    }
+
     async fn route_and_forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
         strip_knit_headers(req.headers_mut());
-        let orig_dst = self.orig_dst.0;
-        let pick = || {
-            let snapshot = self.ctx.config.load();
-            match snapshot.lookup(orig_dst) {
-                // The service disappeared under a live connection: go where
-                // the app was going, as for any unknown destination.
-                None => Ok(orig_dst),
-                Some(target) => target
-                    .pick()
-                    .map(|ep| ep.addr)
-                    .ok_or_else(|| Error::NoEndpoints {
-                        service: target.service.clone(),
-                        port: target.port,
-                    }),
-            }
+        if is_upgrade(&req) {
+            return self.upgrade(req).await;
+        }
+        let route = Route {
+            direct: &self.ctx.pools.direct,
+            direct_version: same_major_version(req.version()),
+            mesh: &self.ctx.pools.mesh,
+            fallback_authority: self.orig_dst.to_string(),
+            attempts: UPSTREAM_ATTEMPTS,
         };
-        forward(
-            &self.ctx.pool,
-            req,
-            &orig_dst.to_string(),
-            UPSTREAM_ATTEMPTS,
-            pick,
-        )
-        .await
+        forward(&route, req, || self.pick()).await
+    }
+
+    /// Upgrades and CONNECT get a connection (or tunnel) of their own.
+    async fn upgrade(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+        match self.pick()? {
+            Upstream::Direct(addr) => {
+                let io = TokioIo::new(self.ctx.pools.direct.connect_stream(addr).await?);
+                forward_upgrade(io, req, addr).await
+            }
+            Upstream::Mesh { peer, target_port } => {
+                let tunnel = open_tunnel(&self.ctx.pools.mesh, peer, target_port).await?;
+                forward_upgrade(tunnel, req, peer).await
+            }
+        }
     }
 }
 

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub struct ListenerStats {
     pub connections: AtomicU64,
+    /// Closed at accept: the listener already held its connection limit.
+    pub connections_refused: AtomicU64,
     pub http_requests: AtomicU64,
     pub tcp_connections: AtomicU64,
     pub passthrough_connections: AtomicU64,
@@ -27,13 +29,14 @@ pub struct ErrorCounters {
     counts: [AtomicU64; ERROR_REASONS.len()],
 }
 
-pub const ERROR_REASONS: [&str; 10] = [
+pub const ERROR_REASONS: [&str; 11] = [
     "no_endpoints",
     "upstream_connect_failed",
     "upstream_connect_timeout",
     "upstream_handshake_failed",
     "upstream_request_failed",
     "stream_reset",
+    "tunnel_refused",
     "bad_request",
     "original_dst_unavailable",
     "self_loop",
@@ -50,10 +53,22 @@ impl ErrorCounters {
     }
 }
 
+/// Counters of the mesh listener (traffic from peer proxies).
+#[derive(Debug, Default)]
+pub struct MeshStats {
+    pub connections: AtomicU64,
+    /// Closed at accept: the listener already held its connection limit.
+    pub connections_refused: AtomicU64,
+    pub requests: AtomicU64,
+    pub tunnels: AtomicU64,
+    pub errors: ErrorCounters,
+}
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub outbound: ListenerStats,
     pub inbound: ListenerStats,
+    pub mesh: MeshStats,
     pub config_updates_accepted: AtomicU64,
     pub config_updates_rejected: AtomicU64,
     pub control_plane_connects: AtomicU64,
@@ -68,8 +83,9 @@ impl Stats {
     pub fn to_map(&self) -> BTreeMap<String, u64> {
         let mut map = BTreeMap::new();
         for (prefix, l) in [("outbound", &self.outbound), ("inbound", &self.inbound)] {
-            let fields: [(&str, &AtomicU64); 10] = [
+            let fields: [(&str, &AtomicU64); 11] = [
                 ("connections", &l.connections),
+                ("connections_refused", &l.connections_refused),
                 ("http.requests", &l.http_requests),
                 ("tcp.connections", &l.tcp_connections),
                 ("passthrough.connections", &l.passthrough_connections),
@@ -89,6 +105,26 @@ impl Stats {
                     value.load(Ordering::Relaxed),
                 );
             }
+        }
+        let mesh = &self.mesh;
+        map.insert(
+            "mesh.connections".into(),
+            mesh.connections.load(Ordering::Relaxed),
+        );
+        map.insert(
+            "mesh.connections_refused".into(),
+            mesh.connections_refused.load(Ordering::Relaxed),
+        );
+        map.insert(
+            "mesh.requests".into(),
+            mesh.requests.load(Ordering::Relaxed),
+        );
+        map.insert("mesh.tunnels".into(), mesh.tunnels.load(Ordering::Relaxed));
+        for (reason, value) in ERROR_REASONS.iter().zip(&mesh.errors.counts) {
+            map.insert(
+                format!("mesh.errors.{reason}"),
+                value.load(Ordering::Relaxed),
+            );
         }
         map.insert(
             "config.updates_accepted".into(),

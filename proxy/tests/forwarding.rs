@@ -6,7 +6,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,8 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use knit_proto::v1;
 use knit_proxy::addr::{ClientAddr, OrigDstAddr};
 use knit_proxy::config::snapshot::Snapshot;
-use knit_proxy::context::{ConfigStore, DataPathSettings, ProxyContext};
-use knit_proxy::http::upstream::{PoolSettings, UpstreamPool};
+use knit_proxy::context::{DataPathSettings, ProxyContext};
 use knit_proxy::{inbound, outbound};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -63,19 +61,20 @@ async fn start_app(name: &'static str) -> SocketAddr {
 }
 
 fn context(endpoints: &[SocketAddr]) -> Arc<ProxyContext> {
-    let ctx = Arc::new(ProxyContext {
-        config: ConfigStore::default(),
-        stats: Default::default(),
-        pool: UpstreamPool::new(PoolSettings {
-            connect_timeout: Duration::from_secs(2),
-            ..Default::default()
-        }),
-        settings: DataPathSettings {
-            outbound_detect_timeout: Duration::from_millis(100),
-            ..Default::default()
-        },
-        listeners_bound: AtomicBool::new(true),
-    });
+    let direct: Vec<_> = endpoints.iter().map(|addr| (*addr, 0)).collect();
+    context_with(&direct)
+}
+
+/// A context whose `backend` endpoints are `(app address, mesh port)`; mesh
+/// port 0 means "no proxy there".
+fn context_with(endpoints: &[(SocketAddr, u16)]) -> Arc<ProxyContext> {
+    let ctx = Arc::new(ProxyContext::new(DataPathSettings {
+        outbound_detect_timeout: Duration::from_millis(100),
+        connect_timeout: Duration::from_secs(2),
+        ..Default::default()
+    }));
+    ctx.listeners_bound
+        .store(true, std::sync::atomic::Ordering::Release);
     let resp = v1::DiscoveryResponse {
         version_info: "test".into(),
         nonce: "n".into(),
@@ -96,12 +95,13 @@ fn context(endpoints: &[SocketAddr]) -> Arc<ProxyContext> {
             endpoints: endpoints
                 .iter()
                 .enumerate()
-                .map(|(i, addr)| v1::Endpoint {
+                .map(|(i, (addr, mesh_port))| v1::Endpoint {
                     address: addr.ip().to_string(),
                     workload_name: format!("backend-{i}"),
                     workload_namespace: "default".into(),
                     service_account: "backend".into(),
                     ports: [(80, u32::from(addr.port()))].into_iter().collect(),
+                    mesh_port: u32::from(*mesh_port),
                 })
                 .collect(),
         }],

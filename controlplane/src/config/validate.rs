@@ -17,7 +17,8 @@ use super::names::{
 };
 use crate::error::Error;
 use crate::model::{
-    DocumentRef, MeshConfig, ServiceDef, ServicePortDef, TargetPort, Transport, Workload,
+    DocumentRef, MESH_PORT, MeshConfig, PROXY_ANNOTATION, ServiceDef, ServicePortDef, TargetPort,
+    Transport, Workload,
 };
 
 /// Service account of a workload that names none.
@@ -284,6 +285,21 @@ pub fn validate_workload_entry(
         let number = valid_port(&format!("spec.ports.{port_name}"), i64::from(*number))?;
         ports.insert(port_name.clone(), number);
     }
+    let annotation = entry
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PROXY_ANNOTATION));
+    let mesh_port = match annotation.map(String::as_str) {
+        None | Some("knit") => Some(MESH_PORT),
+        Some("none") => None,
+        Some(other) => {
+            return Err(FieldError::new(
+                format!("metadata.annotations[{PROXY_ANNOTATION}]"),
+                format!("{other:?} is neither \"knit\" nor \"none\""),
+            ));
+        }
+    };
     Ok(Workload {
         name,
         namespace,
@@ -291,6 +307,7 @@ pub fn validate_workload_entry(
         labels: spec.labels.clone(),
         service_account,
         ports,
+        mesh_port,
         origin: origin.clone(),
     })
 }

@@ -263,3 +263,36 @@ fn workload_defaults() {
     assert_eq!(w.service_account, "default");
     assert_eq!(w.address.to_string(), "fd00::1");
 }
+
+#[test]
+fn proxy_annotation_decides_the_mesh_port() {
+    let with_annotation = |value: &str| {
+        format!(
+            "apiVersion: mesh.knit.dev/v1alpha1\nkind: WorkloadEntry\nmetadata:\n  name: p\n  annotations: {{mesh.knit.dev/proxy: {value}}}\nspec:\n  address: 10.0.0.1\n"
+        )
+    };
+    let (config, errors) = load(&[("a.yaml", &workload("p", "  address: 10.0.0.1\n"))]);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        config.workloads[0].mesh_port,
+        Some(MESH_PORT),
+        "meshed unless said otherwise"
+    );
+
+    let (config, errors) = load(&[("a.yaml", &with_annotation("none"))]);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(config.workloads[0].mesh_port, None);
+
+    let (config, errors) = load(&[("a.yaml", &with_annotation("knit"))]);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(config.workloads[0].mesh_port, Some(MESH_PORT));
+
+    let (config, errors) = load(&[("a.yaml", &with_annotation("envoy"))]);
+    assert!(config.workloads.is_empty());
+    assert_eq!(
+        errors,
+        [
+            "config error: a.yaml doc 1 (WorkloadEntry default/p): metadata.annotations[mesh.knit.dev/proxy]: \"envoy\" is neither \"knit\" nor \"none\""
+        ]
+    );
+}

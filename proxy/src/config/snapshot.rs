@@ -43,6 +43,40 @@ pub struct Endpoint {
     pub workload: String,
     pub namespace: String,
     pub service_account: String,
+    /// Where the endpoint's Knit proxy takes mesh HTTP/2; `None` when the
+    /// endpoint has no proxy and is reached directly.
+    pub mesh_port: Option<u16>,
+}
+
+impl Endpoint {
+    /// How to reach this endpoint: through its proxy when it has one.
+    pub fn upstream(&self) -> Upstream {
+        match self.mesh_port {
+            Some(port) => Upstream::Mesh {
+                peer: SocketAddr::new(self.addr.ip(), port),
+                target_port: self.addr.port(),
+            },
+            None => Upstream::Direct(self.addr),
+        }
+    }
+}
+
+/// Where a request or connection goes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// Straight to this address (no Knit proxy there).
+    Direct(SocketAddr),
+    /// To the peer proxy's mesh port, for the app port `target_port`.
+    Mesh { peer: SocketAddr, target_port: u16 },
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Direct(addr) => write!(f, "{addr}"),
+            Upstream::Mesh { peer, target_port } => write!(f, "{peer} (mesh, port {target_port})"),
+        }
+    }
 }
 
 /// One port of one service: everything the outbound path needs after the
@@ -208,11 +242,21 @@ fn compile_endpoints(
                 ep.workload_name
             ))
         })?;
+        let mesh_port = match ep.mesh_port {
+            0 => None,
+            port => Some(valid_port(port).ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "service {service}: endpoint {}: mesh port {port} is not a valid port",
+                    ep.workload_name
+                ))
+            })?),
+        };
         out.push(Endpoint {
             addr: SocketAddr::new(ip.to_canonical(), target),
             workload: ep.workload_name.clone(),
             namespace: ep.workload_namespace.clone(),
             service_account: ep.service_account.clone(),
+            mesh_port,
         });
     }
     Ok(out)
@@ -249,6 +293,7 @@ mod tests {
                     workload_namespace: "default".into(),
                     service_account: "default".into(),
                     ports: [(*sport, *tport)].into_iter().collect(),
+                    mesh_port: 0,
                 })
                 .collect(),
         }

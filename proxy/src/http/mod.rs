@@ -2,8 +2,10 @@
 //! hygiene, and the upstream connection pool.
 
 pub mod forward;
+pub mod guard;
 pub mod headers;
 pub mod server;
+pub mod upgrade;
 pub mod upstream;
 
 use bytes::Bytes;

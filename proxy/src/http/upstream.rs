@@ -4,7 +4,8 @@
 //! idle; HTTP/2 connections are shared, one per endpoint, multiplexed.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tracing::debug;
 
 use super::Body;
@@ -24,6 +25,10 @@ pub struct PoolSettings {
     /// Idle HTTP/1.1 connections older than this are not reused.
     pub idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,
+    /// Source addresses for new connections (e.g. 127.0.0.6 and ::6 for
+    /// delivery to the local app, which the capture rules recognise); the
+    /// one of the destination's family is used.
+    pub local_bind: Vec<IpAddr>,
 }
 
 impl Default for PoolSettings {
@@ -34,6 +39,7 @@ impl Default for PoolSettings {
             // apply, so we stop reusing a connection before they close it.
             idle_timeout: Duration::from_secs(20),
             max_idle_per_endpoint: 64,
+            local_bind: Vec::new(),
         }
     }
 }
@@ -61,14 +67,20 @@ impl SendError {
 
 pub struct UpstreamPool {
     settings: PoolSettings,
+    connections_opened: AtomicU64,
     idle_h1: Mutex<HashMap<SocketAddr, Vec<IdleH1>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    /// One slot per endpoint. Connecting happens while holding the slot's
+    /// async lock, so a burst of first requests shares one handshake.
+    h2: Mutex<HashMap<SocketAddr, Arc<H2Slot>>>,
 }
+
+type H2Slot = tokio::sync::Mutex<Option<http2::SendRequest<Body>>>;
 
 impl UpstreamPool {
     pub fn new(settings: PoolSettings) -> Arc<Self> {
         Arc::new(UpstreamPool {
             settings,
+            connections_opened: AtomicU64::new(0),
             idle_h1: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
         })
@@ -187,95 +199,122 @@ impl UpstreamPool {
         addr: SocketAddr,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, SendError> {
-        let existing = {
-            let conns = self.h2.lock().expect("pool lock poisoned");
-            conns
-                .get(&addr)
-                .filter(|s| s.is_ready() && !s.is_closed())
-                .cloned()
-        };
-        let req = match existing {
-            None => req,
-            Some(mut sender) => match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
-                Err(mut err) => {
-                    // A GOAWAY'd or dead connection: forget it; if the
-                    // request never left, send it on a fresh connection.
-                    self.evict_h2(addr, &sender);
-                    match err.take_message() {
-                        Some(unsent) => unsent,
-                        None => {
-                            let error = Error::UpstreamRequest {
-                                addr,
-                                source: err.into_error(),
-                            };
-                            return Err(SendError::sent(error));
-                        }
-                    }
+        let mut req = req;
+        // At most two rounds: the shared connection, then (if it turned out
+        // dead before our request left) a fresh one.
+        for _ in 0..2 {
+            let mut sender = match self.h2_sender(addr).await {
+                Ok(sender) => sender,
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        unsent: Some(req),
+                    });
                 }
-            },
-        };
-        let io = match self.connect(addr).await {
-            Ok(io) => io,
-            Err(error) => {
-                return Err(SendError {
-                    error,
-                    unsent: Some(req),
-                });
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) => {
+                        debug!(%addr, "HTTP/2 connection is gone; reconnecting");
+                        req = unsent;
+                    }
+                    None => {
+                        let error = Error::UpstreamRequest {
+                            addr,
+                            source: err.into_error(),
+                        };
+                        return Err(SendError::sent(error));
+                    }
+                },
             }
+        }
+        let error = Error::UpstreamConnect {
+            addr,
+            source: std::io::Error::other("HTTP/2 connection closed twice in a row"),
         };
-        let handshake = http2::Builder::new(TokioExecutor::new())
+        Err(SendError {
+            error,
+            unsent: Some(req),
+        })
+    }
+
+    /// The live shared connection to `addr`, made if there is none.
+    async fn h2_sender(&self, addr: SocketAddr) -> Result<http2::SendRequest<Body>, Error> {
+        let slot = self
+            .h2
+            .lock()
+            .expect("pool lock poisoned")
+            .entry(addr)
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(sender) = slot.as_ref().filter(|s| s.is_ready() && !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        let io = self.connect(addr).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .handshake(io)
-            .await;
-        let (mut sender, conn) = match handshake {
-            Ok(handshake) => handshake,
-            Err(source) => {
-                let error = Error::UpstreamHandshake { addr, source };
-                return Err(SendError {
-                    error,
-                    unsent: Some(req),
-                });
-            }
-        };
+            .await
+            .map_err(|source| Error::UpstreamHandshake { addr, source })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        self.h2
-            .lock()
-            .expect("pool lock poisoned")
-            .insert(addr, sender.clone());
-        sender
-            .send_request(req)
-            .await
-            .map_err(|source| SendError::sent(Error::UpstreamRequest { addr, source }))
+        *slot = Some(sender.clone());
+        Ok(sender)
     }
 
-    fn evict_h2(&self, addr: SocketAddr, dead: &http2::SendRequest<Body>) {
-        let mut conns = self.h2.lock().expect("pool lock poisoned");
-        // Only if nobody replaced it with a fresh connection meanwhile.
-        if conns
-            .get(&addr)
-            .is_some_and(|current| current.is_closed() || dead.is_closed())
-        {
-            conns.remove(&addr);
-        }
+    /// TCP connections this pool has opened (HTTP/1.1 and HTTP/2).
+    pub fn connections_opened(&self) -> u64 {
+        self.connections_opened.load(Ordering::Relaxed)
+    }
+
+    /// A TCP connection with this pool's timeout and source address, e.g.
+    /// for a tunnel or an upgrade that must not share a pooled connection.
+    pub async fn connect_stream(&self, addr: SocketAddr) -> Result<TcpStream, Error> {
+        let source = self
+            .settings
+            .local_bind
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == addr.is_ipv4());
+        let stream = connect_tcp_from(addr, source, self.settings.connect_timeout).await?;
+        self.connections_opened.fetch_add(1, Ordering::Relaxed);
+        Ok(stream)
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, Error> {
-        connect_tcp(addr, self.settings.connect_timeout)
-            .await
-            .map(TokioIo::new)
+        self.connect_stream(addr).await.map(TokioIo::new)
     }
 }
 
 /// A TCP connection with a deadline and Nagle off (the proxy writes whole
 /// frames; delaying them only adds latency).
 pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Error> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    connect_tcp_from(addr, None, timeout).await
+}
+
+/// As `connect_tcp`, from `local_bind` when it is of the same family.
+pub async fn connect_tcp_from(
+    addr: SocketAddr,
+    local_bind: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, Error> {
+    let io_err = |source| Error::UpstreamConnect { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(io_err)?;
+    if let Some(ip) = local_bind.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0)).map_err(io_err)?;
+    }
+    let stream = match tokio::time::timeout(timeout, socket.connect(addr)).await {
         Err(_) => {
             return Err(Error::UpstreamConnectTimeout {
                 addr,

@@ -1,0 +1,329 @@
+//! How `knit-lab client` sends: workers sharing a request counter, each on
+//! its own kept-alive connection (HTTP/1.1 or h2c), every request bounded by
+//! the per-request timeout and the run by its duration cap.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, HeaderMap};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::time::Instant;
+
+use crate::body::LabBody;
+use crate::client::{ClientSpec, MAX_BODY, Prepared, Target, Transfer};
+use crate::error::Result;
+use crate::pattern::{PatternCheck, pattern_sha256};
+use crate::report::{ClientReport, TransferCheck, pod_of};
+
+/// Runs the load described by `spec` and returns the report. Errors only
+/// when the spec itself is unusable; failed requests are in the report.
+pub async fn run(spec: &ClientSpec) -> Result<ClientReport> {
+    let prepared = spec.prepare()?;
+    // The digest every transfer must match, computed once per run.
+    let expected = match prepared.transfer {
+        Some(Transfer::Download(n) | Transfer::Upload(n)) => Some(
+            tokio::task::spawn_blocking(move || pattern_sha256(n))
+                .await
+                .unwrap_or_default(),
+        ),
+        None => None,
+    };
+    let shared = Arc::new((prepared, expected));
+    let start = Instant::now();
+    let deadline = start + spec.duration;
+    let next = Arc::new(AtomicU64::new(0));
+    let workers = spec.concurrency.min(spec.count);
+    let keep_last = spec.count == 1;
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let shared = shared.clone();
+        let next = next.clone();
+        let limits = Limits {
+            count: spec.count,
+            timeout: spec.timeout,
+            interval: spec.interval,
+            deadline,
+            keep_last,
+            verbose: spec.verbose,
+        };
+        tasks.push(tokio::spawn(async move {
+            worker(&shared.0, shared.1.as_deref(), &next, limits).await
+        }));
+    }
+    let mut report = ClientReport::default();
+    for t in tasks {
+        match t.await {
+            Ok(part) => report.merge(part),
+            Err(e) => report.record_error(format!("client worker stopped: {e}")),
+        }
+    }
+    report.elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(report)
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    count: u64,
+    timeout: Duration,
+    interval: Duration,
+    deadline: Instant,
+    keep_last: bool,
+    verbose: bool,
+}
+
+async fn worker(p: &Prepared, expected: Option<&str>, next: &AtomicU64, l: Limits) -> ClientReport {
+    let mut report = ClientReport::default();
+    let mut conn: Option<Sender> = None;
+    let mut first = true;
+    loop {
+        if !first && !l.interval.is_zero() {
+            tokio::time::sleep_until((Instant::now() + l.interval).min(l.deadline)).await;
+        }
+        first = false;
+        let now = Instant::now();
+        if now >= l.deadline {
+            break;
+        }
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= l.count {
+            break;
+        }
+        let budget = l.timeout.min(l.deadline - now);
+        let started = Instant::now();
+        let result = match tokio::time::timeout(budget, request(&mut conn, p, expected)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // A half-done exchange leaves the connection unusable.
+                conn = None;
+                Err(format!("no response within {} ms", budget.as_millis()))
+            }
+        };
+        match result {
+            Ok(answer) => {
+                if l.verbose {
+                    let pod =
+                        pod_of(&answer.headers, &answer.body).unwrap_or_else(|| "-".to_string());
+                    let check = answer
+                        .check
+                        .as_ref()
+                        .map(|c| format!(" check={}", c.problem.as_deref().unwrap_or("ok")))
+                        .unwrap_or_default();
+                    eprintln!(
+                        "#{i} {} pod={pod}{check} {} ms",
+                        answer.status,
+                        started.elapsed().as_millis()
+                    );
+                }
+                report.bytes_sent += answer.sent;
+                report.bytes_received += answer.received;
+                report.record_checked(
+                    answer.status,
+                    &answer.headers,
+                    &answer.body,
+                    l.keep_last,
+                    answer.check,
+                );
+            }
+            Err(e) => {
+                if l.verbose {
+                    eprintln!("#{i} error: {e}");
+                }
+                report.record_error(e);
+            }
+        }
+    }
+    report
+}
+
+/// A connection of either protocol.
+enum Sender {
+    H1(http1::SendRequest<LabBody>),
+    H2(http2::SendRequest<LabBody>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> std::result::Result<(), hyper::Error> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        req: Request<LabBody>,
+    ) -> std::result::Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+/// What one request brought back.
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    /// The body, except for downloads (checked as it streamed by).
+    body: Bytes,
+    check: Option<TransferCheck>,
+    sent: u64,
+    received: u64,
+}
+
+/// One request on the worker's kept-alive connection, (re)connecting when
+/// there is none or the server closed it.
+async fn request(
+    conn: &mut Option<Sender>,
+    p: &Prepared,
+    expected: Option<&str>,
+) -> std::result::Result<Answer, String> {
+    let mut sender = match conn.take() {
+        Some(s) if !s.is_closed() => s,
+        _ => connect(&p.target, p.http2).await?,
+    };
+    if sender.ready().await.is_err() {
+        // The server closed the idle connection; that is not a failed request.
+        sender = connect(&p.target, p.http2).await?;
+        sender.ready().await.map_err(|e| chain(&e))?;
+    }
+    let mut builder = Request::builder().method(p.method.clone());
+    builder = if p.http2 {
+        // h2 carries the authority in the request line, not in Host.
+        builder.uri(format!("http://{}{}", p.target.authority, p.target.path))
+    } else {
+        builder
+            .uri(p.target.path.as_str())
+            .header(HOST, p.target.authority.as_str())
+    };
+    for (k, v) in &p.headers {
+        builder = builder.header(k, v);
+    }
+    let (body, sent) = match p.transfer {
+        // No length announced: HTTP/1.1 sends it chunked.
+        Some(Transfer::Upload(n)) => (LabBody::pattern(n, false), n),
+        _ => (LabBody::full(p.body.clone()), p.body.len() as u64),
+    };
+    let req = builder
+        .body(body)
+        .map_err(|e| format!("building request: {e}"))?;
+    let resp = sender.send(req).await.map_err(|e| chain(&e))?;
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status.as_u16();
+    let (body, received, check) = match (p.transfer, parts.status.is_success()) {
+        (Some(Transfer::Download(n)), true) => {
+            let mut pc = PatternCheck::new(n);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| {
+                    format!(
+                        "reading the download after {} bytes: {}",
+                        pc.bytes(),
+                        chain(&e)
+                    )
+                })?;
+                if let Some(data) = frame.data_ref() {
+                    pc.update(data);
+                }
+            }
+            let received = pc.bytes();
+            let result = pc.finish_against(expected.unwrap_or_default().to_string());
+            (
+                Bytes::new(),
+                received,
+                Some(TransferCheck::download(&result)),
+            )
+        }
+        (transfer, ok) => {
+            let bytes = Limited::new(body, MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| format!("reading response body: {}", chain(&*e)))?
+                .to_bytes();
+            let check = match transfer {
+                Some(Transfer::Upload(n)) if ok => Some(TransferCheck::upload(
+                    n,
+                    expected.unwrap_or_default(),
+                    &bytes,
+                )),
+                _ => None,
+            };
+            let len = bytes.len() as u64;
+            (bytes, len, check)
+        }
+    };
+    let closing = parts
+        .headers
+        .get(CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    if !closing {
+        *conn = Some(sender);
+    }
+    Ok(Answer {
+        status,
+        headers: parts.headers,
+        body,
+        check,
+        sent,
+        received,
+    })
+}
+
+async fn connect(t: &Target, http2: bool) -> std::result::Result<Sender, String> {
+    let addrs = tokio::net::lookup_host((t.host.as_str(), t.port))
+        .await
+        .map_err(|e| format!("resolving {}: {e}", t.host))?;
+    let mut last = format!("{} resolved to no address", t.host);
+    for addr in addrs {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                let io = TokioIo::new(stream);
+                let sender = if http2 {
+                    let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .map_err(|e| format!("h2 handshake with {addr}: {}", chain(&e)))?;
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    Sender::H2(sender)
+                } else {
+                    let (sender, connection) = http1::handshake(io)
+                        .await
+                        .map_err(|e| format!("handshake with {addr}: {}", chain(&e)))?;
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    Sender::H1(sender)
+                };
+                return Ok(sender);
+            }
+            Err(e) => last = format!("connecting to {addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// An error with its causes, `outer: inner: ...`.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

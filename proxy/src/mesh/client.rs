@@ -1,0 +1,45 @@
+//! Opening tunnels to a peer proxy over the shared HTTP/2 connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, Version};
+use hyper::upgrade::Upgraded;
+
+use crate::error::Error;
+use crate::http::full_body;
+use crate::http::upstream::UpstreamPool;
+
+/// A byte stream to `target_port` on the peer's pod, as a CONNECT stream on
+/// the (shared) connection to `peer`.
+pub async fn open_tunnel(
+    pool: &Arc<UpstreamPool>,
+    peer: SocketAddr,
+    target_port: u16,
+) -> Result<Upgraded, Error> {
+    let target = SocketAddr::new(peer.ip(), target_port);
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target.to_string())
+        .version(Version::HTTP_2)
+        .body(full_body(""))
+        .map_err(|e| Error::BadRequest(e.to_string()))?;
+    let mut resp = pool.send(peer, req).await.map_err(|e| e.error)?;
+    if !resp.status().is_success() {
+        let reason = resp
+            .headers()
+            .get(crate::http::KNIT_ERROR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        return Err(Error::TunnelRefused {
+            peer,
+            target_port,
+            status: resp.status().as_u16(),
+            reason,
+        });
+    }
+    hyper::upgrade::on(&mut resp)
+        .await
+        .map_err(|source| Error::UpstreamRequest { addr: peer, source })
+}

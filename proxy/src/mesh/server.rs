@@ -1,0 +1,163 @@
+//! The mesh listener (15008): HTTP/2 from peer proxies, delivered to this
+//! pod's app. Requests name their app port in `x-knit-target-port`; CONNECT
+//! streams become tunnels to `pod-ip:port`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use super::{ORIG_PROTO_HEADER, TARGET_PORT_HEADER};
+use crate::addr::ClientAddr;
+use crate::config::snapshot::Upstream;
+use crate::context::ProxyContext;
+use crate::error::Error;
+use crate::http::forward::{Route, forward};
+use crate::http::server::{HttpHandler, HttpLimits, serve_http2};
+use crate::http::{Body, error_response, full_body};
+use crate::listener::{ConnectionLimit, spawn_in_slot};
+use crate::stats::inc;
+
+use super::PROXY_PORTS;
+
+pub struct MeshListener {
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+}
+
+impl MeshListener {
+    pub fn new(listener: TcpListener, ctx: Arc<ProxyContext>) -> Self {
+        MeshListener { listener, ctx }
+    }
+
+    pub async fn run(self) {
+        let limits = HttpLimits::new(&self.ctx.settings);
+        let limit = ConnectionLimit::new(self.ctx.settings.max_connections_per_listener);
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(listener = "mesh", error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = limit.admit("mesh", &self.ctx.stats.mesh.connections_refused) else {
+                drop(stream);
+                continue;
+            };
+            let Ok(local) = stream.local_addr() else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            inc(&self.ctx.stats.mesh.connections);
+            let handler = Arc::new(MeshInbound {
+                ctx: self.ctx.clone(),
+                client: ClientAddr(peer),
+                pod_ip: local.ip().to_canonical(),
+            });
+            // The same HTTP/2 settings and abuse limits as the downstream
+            // servers: a peer proxy is trusted no more than its pod.
+            spawn_in_slot(
+                slot,
+                async move { serve_http2(stream, handler, &limits).await },
+            );
+        }
+    }
+}
+
+impl HttpHandler for MeshInbound {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
+        MeshInbound::handle(self, req)
+    }
+}
+
+struct MeshInbound {
+    ctx: Arc<ProxyContext>,
+    client: ClientAddr,
+    /// The address the peer connected to: this pod's IP.
+    pod_ip: IpAddr,
+}
+
+impl MeshInbound {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let stats = &self.ctx.stats.mesh;
+        let result = if req.method() == Method::CONNECT {
+            inc(&stats.tunnels);
+            self.tunnel(req).await
+        } else {
+            inc(&stats.requests);
+            self.deliver(req).await
+        };
+        result.unwrap_or_else(|e| {
+            stats.errors.record(e.reason());
+            warn!(client = %self.client, reason = e.reason(), error = %e, "mesh request failed");
+            error_response(&e)
+        })
+    }
+
+    fn app_addr(&self, port: u16) -> Result<SocketAddr, Error> {
+        let app = SocketAddr::new(self.pod_ip, port);
+        if PROXY_PORTS.contains(&port) {
+            return Err(Error::ProxyPort(app));
+        }
+        Ok(app)
+    }
+
+    async fn deliver(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
+        let port = req
+            .headers()
+            .get(TARGET_PORT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u16>().ok())
+            .ok_or_else(|| Error::BadRequest(format!("missing or invalid {TARGET_PORT_HEADER}")))?;
+        let app = self.app_addr(port)?;
+        let app_version = match req.headers().get(ORIG_PROTO_HEADER).map(|v| v.as_bytes()) {
+            Some(b"HTTP/1.1") | Some(b"HTTP/1.0") => Version::HTTP_11,
+            _ => Version::HTTP_2,
+        };
+        req.headers_mut().remove(TARGET_PORT_HEADER);
+        req.headers_mut().remove(ORIG_PROTO_HEADER);
+        let route = Route {
+            direct: &self.ctx.pools.app,
+            direct_version: app_version,
+            mesh: &self.ctx.pools.mesh,
+            fallback_authority: app.to_string(),
+            attempts: 1,
+        };
+        forward(&route, req, || Ok(Upstream::Direct(app))).await
+    }
+
+    async fn tunnel(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+        let port = req.uri().port_u16().ok_or_else(|| {
+            Error::BadRequest(format!("CONNECT target {} has no port", req.uri()))
+        })?;
+        let app = self.app_addr(port)?;
+        let mut app_stream = self.ctx.pools.app.connect_stream(app).await?;
+        let client = self.client;
+        tokio::spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => {
+                    let mut tunnel = TokioIo::new(upgraded);
+                    if let Err(e) =
+                        tokio::io::copy_bidirectional(&mut tunnel, &mut app_stream).await
+                    {
+                        debug!(%client, %app, error = %e, "mesh tunnel broke");
+                    }
+                }
+                Err(e) => debug!(%client, %app, error = %e, "mesh tunnel was not established"),
+            }
+        });
+        let mut resp = Response::new(full_body(""));
+        *resp.status_mut() = StatusCode::OK;
+        Ok(resp)
+    }
+}
