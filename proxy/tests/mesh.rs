@@ -257,3 +257,36 @@ async fn websocket_style_upgrade_goes_through_a_tunnel() {
     assert_eq!(&buf, b"HELLO");
     assert_eq!(peer_ctx.stats_map()["mesh.tunnels"], 1);
 }
+
+#[tokio::test]
+async fn expect_100_continue_and_chunked_bodies_cross_the_http2_hop() {
+    let app = h1_app().await;
+    let (_peer, mesh_port) = peer_proxy().await;
+    let ctx = context(app, mesh_port, v1::Protocol::Unspecified);
+    let proxy = outbound_proxy(ctx).await;
+
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: backend\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .expect("write head");
+    // The client holds its body until told to continue.
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut interim))
+        .await
+        .expect("100 Continue in time")
+        .expect("read");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        .await
+        .expect("write body");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).await.expect("read head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
