@@ -862,6 +862,7 @@ async fn http2_header_limits_answer_431_and_414() {
 // Raw HTTP/2 frames, for what a well-behaved client library cannot send.
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
@@ -1109,6 +1110,35 @@ async fn http2_requests_with_connection_specific_headers_are_reset() {
         assert_eq!(app.hits(), 0, "{value:?}");
     }
     assert_h2_still_serves(proxy, &app).await;
+}
+
+#[tokio::test]
+async fn http2_body_longer_than_its_content_length_is_reset() {
+    let (proxy, app, _) = outbound_proxy(settings()).await;
+    // A POST promising 3 bytes whose DATA carries a second request: were
+    // the extra bytes passed on to an HTTP/1.1 hop, they would be one.
+    let mut block = vec![0x83, 0x86, 0x84];
+    block.extend(literal(":authority", b"backend"));
+    block.extend(literal("content-length", b"3"));
+    let body = format!("abc{SMUGGLED}");
+    let frames = [
+        frame(HEADERS, END_HEADERS, 1, &block),
+        frame(DATA, END_STREAM, 1, body.as_bytes()),
+    ];
+    let mut s = raw_h2(proxy, &frames).await;
+    let got = read_frames(&mut s, |f| {
+        rst_code(f, 1).is_some() || goaway_code(f).is_some()
+    })
+    .await;
+    assert_eq!(rst_code(&got, 1), Some(PROTOCOL_ERROR));
+    // The head may have gone upstream before the DATA frame came in.
+    assert!(app.hits() <= 1);
+    assert_h2_still_serves(proxy, &app).await;
+    assert!(
+        !app.paths().contains(&"/smuggled".to_owned()),
+        "{:?}",
+        app.paths()
+    );
 }
 
 // ---- The mesh listener ----------------------------------------------------

@@ -199,6 +199,9 @@ struct FieldScan {
 struct HeadScan {
     /// Where the next unchecked line starts in `pending`.
     line_start: usize,
+    /// How far the current line has been searched for its LF already, so
+    /// a head trickled in byte by byte is not searched again and again.
+    searched: usize,
     /// Empty lines before the request line, already dropped.
     skipped: usize,
     request: Option<RequestLine>,
@@ -632,11 +635,13 @@ impl HeadScan {
     /// arrived; `Ok(Some)` once the whole head is there and acceptable.
     fn scan(&mut self, buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, Error> {
         loop {
-            let Some(lf) = buf[self.line_start..]
+            let from = self.searched.max(self.line_start);
+            let Some(lf) = buf[from..]
                 .iter()
                 .position(|&b| b == b'\n')
-                .map(|i| self.line_start + i)
+                .map(|i| from + i)
             else {
+                self.searched = buf.len();
                 let unfinished = buf.len() - self.line_start;
                 if self.request.is_none()
                     && unfinished > limits.max_uri_bytes + REQUEST_LINE_OVERHEAD
@@ -660,6 +665,7 @@ impl HeadScan {
                     self.skipped += lf + 1;
                     self.check_head_size(0, limits)?;
                     buf.advance(lf + 1);
+                    self.searched = 0;
                     continue;
                 }
                 None => self.request = Some(request_line(content, limits)?),
@@ -1056,6 +1062,26 @@ mod tests {
         raw.extend(std::iter::repeat_n(b'a', 200));
         let err = scan_all(&raw).err().expect("too long");
         assert_eq!(err.reason(), "uri_too_long");
+    }
+
+    #[test]
+    fn a_head_arriving_byte_by_byte_is_read_as_one() {
+        let raw = b"\r\nPOST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
+        let head_end = raw.len() - 2;
+        let mut scan = HeadScan::default();
+        let mut buf = BytesMut::new();
+        for (i, &b) in raw[..head_end].iter().enumerate() {
+            buf.extend_from_slice(&[b]);
+            let got = scan.scan(&mut buf, &limits()).expect("valid so far");
+            if i + 1 < head_end {
+                assert!(got.is_none(), "complete after {} bytes", i + 1);
+            } else {
+                let head = got.expect("complete at the end");
+                // The leading empty line was dropped, not counted in.
+                assert_eq!(head.len, head_end - 2);
+                assert!(matches!(head.body, Body::Sized(2)));
+            }
+        }
     }
 
     #[test]

@@ -28,6 +28,22 @@
 //!
 //! Requests of either version also pass `check_request`: one plain
 //! `Content-Length` at most, header count and URI length within limits.
+//!
+//! What an HTTP/2 client gets (checked by `tests/limits.rs`; nothing in
+//! this list reaches the upstream, except the head of a request whose
+//! body then breaks its `content-length`):
+//!
+//! | vector | answer |
+//! |---|---|
+//! | `transfer-encoding`, `connection`, `upgrade`, `te` other than `trailers` | RST_STREAM PROTOCOL_ERROR (h2) |
+//! | `content-length` unparsable or two different ones; DATA longer than it | RST_STREAM PROTOCOL_ERROR (h2) |
+//! | two equal `content-length`s | 400 (`check_request`) |
+//! | CR, LF or NUL in a field value | GOAWAY PROTOCOL_ERROR (h2: HPACK cannot decode it) |
+//! | more fields than `http_max_headers`; target longer than `http_max_uri_bytes` | 431; 414 (`check_request`) |
+//! | decoded header list over `http_max_header_bytes` | 431 and RST_STREAM (h2) |
+//! | header list over 4x that, HPACK bomb, CONTINUATION flood | GOAWAY ENHANCE_YOUR_CALM (h2) |
+//! | HEADERS+RST_STREAM burst | GOAWAY ENHANCE_YOUR_CALM after 20 (h2) |
+//! | resets after each request reached the upstream | GOAWAY (NO_ERROR) after `http2_max_premature_resets` |
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -36,7 +52,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -93,6 +109,9 @@ impl HttpLimits {
 
 /// Hyper's own header count limit; above it hyper must be told ours.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+/// Hyper's read buffer limit (8 KiB + 100 x 4 KiB); a head limit above it
+/// needs a larger buffer, or hyper would answer 431 first.
+const HYPER_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
 /// How long a connection closed for abuse may take to finish its GOAWAY
 /// exchange before it is dropped.
 const ABUSE_GRACE: Duration = Duration::from_secs(1);
@@ -158,6 +177,9 @@ async fn serve_http1<H: HttpHandler>(
         // A client may send its request and shut its write side; it still
         // wants the response.
         .half_close(true);
+    if limits.head.max_head_bytes > HYPER_DEFAULT_MAX_BUF {
+        builder.max_buf_size(limits.head.max_head_bytes + 16 * 1024);
+    }
     if limits.head.max_headers > HYPER_DEFAULT_MAX_HEADERS {
         builder.max_headers(limits.head.max_headers);
     }
@@ -219,9 +241,9 @@ fn closing(mut resp: Response<Body>) -> Response<Body> {
 
 /// Checks of the parsed request, for both versions. In HTTP/1.1 the guard
 /// has checked the raw head already; these matter for HTTP/2, where h2
-/// rejects connection headers and a `content-length` the DATA frames
-/// contradict, but lets a second `content-length` through to a hop that
-/// may be HTTP/1.1.
+/// rejects connection headers, conflicting `content-length`s and DATA
+/// that contradicts one, but lets a repeated equal `content-length`
+/// through to a hop that may be HTTP/1.1.
 fn check_request<B>(req: &Request<B>, limits: &HeadLimits) -> Result<(), Error> {
     let uri_len = match req.uri().path_and_query() {
         Some(p) => p.as_str().len(),
@@ -248,11 +270,6 @@ fn check_request<B>(req: &Request<B>, limits: &HeadLimits) -> Result<(), Error> 
         if bytes.is_empty() || bytes.len() > 19 || !bytes.iter().all(u8::is_ascii_digit) {
             return Err(Error::BadRequest("invalid Content-Length".into()));
         }
-    }
-    if req.version() == Version::HTTP_2 && req.headers().contains_key(header::TRANSFER_ENCODING) {
-        return Err(Error::BadRequest(
-            "Transfer-Encoding in an HTTP/2 request".into(),
-        ));
     }
     Ok(())
 }
