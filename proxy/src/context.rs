@@ -19,6 +19,10 @@ pub struct DataPathSettings {
     /// Inbound waits longer: the peer is usually a proxy that speaks first.
     pub inbound_detect_timeout: Duration,
     pub connect_timeout: Duration,
+    /// An opaque TCP connection (or tunnel) with no byte in either
+    /// direction for this long is closed, so half-dead flows don't live
+    /// forever.
+    pub tcp_idle_timeout: Duration,
     // Limits on what downstream clients may send (see `http::guard` for
     // what each one guards against and what a client gets when it trips).
     /// A request head must be complete this long after its first byte
@@ -63,6 +67,7 @@ impl Default for DataPathSettings {
             outbound_detect_timeout: Duration::from_millis(300),
             inbound_detect_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(5),
+            tcp_idle_timeout: Duration::from_secs(3600),
             http_header_read_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(30),
             http_max_header_bytes: 64 * 1024,

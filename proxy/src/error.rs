@@ -55,6 +55,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("connection to {addr} idle for {idle_secs} s; closed")]
+    IdleTimeout { addr: SocketAddr, idle_secs: u64 },
+
     #[error(
         "peer proxy {peer} refused a tunnel to port {target_port}: status {status}, reason {reason}"
     )]
@@ -111,6 +114,7 @@ impl Error {
             Error::UpstreamRequest { .. } => "upstream_request_failed",
             Error::Transfer { .. } => "stream_reset",
             Error::TunnelRefused { .. } => "tunnel_refused",
+            Error::IdleTimeout { .. } => "idle_timeout",
             Error::BadRequest(_) => "bad_request",
             Error::HeadersTooLarge(_) => "headers_too_large",
             Error::UriTooLong(_) => "uri_too_long",
@@ -130,7 +134,8 @@ impl Error {
             | Error::UpstreamHandshake { .. }
             | Error::UpstreamRequest { .. }
             | Error::Transfer { .. }
-            | Error::TunnelRefused { .. } => ErrorOrigin::Upstream,
+            | Error::TunnelRefused { .. }
+            | Error::IdleTimeout { .. } => ErrorOrigin::Upstream,
             Error::BadRequest(_)
             | Error::HeadersTooLarge(_)
             | Error::UriTooLong(_)

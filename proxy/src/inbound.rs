@@ -95,7 +95,14 @@ pub async fn handle_connection(
         }
         Detected::Tls | Detected::Opaque | Detected::Timeout => {
             inc(&stats.tcp_connections);
-            if let Err(e) = tcp::deliver(stream, orig_dst.0, &ctx.pools).await {
+            if let Err(e) = tcp::deliver(
+                stream,
+                orig_dst.0,
+                &ctx.pools,
+                ctx.settings.tcp_idle_timeout,
+            )
+            .await
+            {
                 stats.errors.record(e.reason());
                 info!(%client, %orig_dst, reason = e.reason(), error = %e, "inbound TCP failed");
             }

@@ -43,6 +43,9 @@ struct Args {
     detect_timeout_ms: u64,
     #[arg(long, default_value_t = 5000)]
     connect_timeout_ms: u64,
+    /// Close opaque TCP connections idle (no byte either way) this long.
+    #[arg(long, default_value_t = 3600)]
+    tcp_idle_timeout_secs: u64,
     /// A request head must be complete this long after its first byte.
     #[arg(long, default_value_t = millis(DataPathSettings::default().http_header_read_timeout))]
     http_header_read_timeout_ms: u64,
@@ -112,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
         settings: DataPathSettings {
             outbound_detect_timeout: Duration::from_millis(args.detect_timeout_ms),
             connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+            tcp_idle_timeout: Duration::from_secs(args.tcp_idle_timeout_secs),
             http_header_read_timeout: Duration::from_millis(args.http_header_read_timeout_ms),
             http_idle_timeout: Duration::from_millis(args.http_idle_timeout_ms),
             http_max_header_bytes: args.http_max_header_bytes,

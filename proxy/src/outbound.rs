@@ -63,7 +63,9 @@ pub async fn handle_connection(
         // was going.
         inc(&stats.passthrough_connections);
         let result = match tcp::open(Upstream::Direct(orig_dst.0), &ctx.pools).await {
-            Ok(up) => tcp::splice(stream, up).await.map(|_| ()),
+            Ok(up) => tcp::splice(stream, up, ctx.settings.tcp_idle_timeout)
+                .await
+                .map(|_| ()),
             Err(e) => Err(e),
         };
         if let Err(e) = result {
@@ -135,7 +137,9 @@ async fn forward_tcp_to_service(
                 Err(e) => return Err(e),
             }
         };
-        tcp::splice(stream, upstream).await.map(|_| ())
+        tcp::splice(stream, upstream, ctx.settings.tcp_idle_timeout)
+            .await
+            .map(|_| ())
     }
     .await;
     if let Err(e) = result {

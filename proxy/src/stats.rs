@@ -29,7 +29,7 @@ pub struct ErrorCounters {
     counts: [AtomicU64; ERROR_REASONS.len()],
 }
 
-pub const ERROR_REASONS: [&str; 11] = [
+pub const ERROR_REASONS: [&str; 12] = [
     "no_endpoints",
     "upstream_connect_failed",
     "upstream_connect_timeout",
@@ -37,6 +37,7 @@ pub const ERROR_REASONS: [&str; 11] = [
     "upstream_request_failed",
     "stream_reset",
     "tunnel_refused",
+    "idle_timeout",
     "bad_request",
     "original_dst_unavailable",
     "self_loop",

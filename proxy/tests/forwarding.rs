@@ -398,3 +398,142 @@ async fn http10_request_without_host_gets_the_original_destination_as_authority(
         "{got}"
     );
 }
+
+/// A TCP echo server on loopback.
+async fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn idle_tcp_connections_are_closed_and_busy_ones_are_not() {
+    let echo = tcp_echo().await;
+    let ctx = Arc::new(ProxyContext::new(DataPathSettings {
+        tcp_idle_timeout: Duration::from_millis(300),
+        ..Default::default()
+    }));
+    let proxy = captured(ctx.clone(), Side::Outbound, echo).await;
+
+    // Busy for well over the idle timeout: a byte every 50 ms for 1 s.
+    let mut busy = TcpStream::connect(proxy).await.expect("connect");
+    for _ in 0..20 {
+        busy.write_all(b"x").await.expect("write");
+        let mut b = [0u8; 1];
+        busy.read_exact(&mut b).await.expect("echo while busy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then silent: the proxy closes it.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), busy.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "idle connection closed by the proxy: {closed:?}"
+    );
+    assert_eq!(ctx.stats.to_map()["outbound.errors.idle_timeout"], 1);
+}
+
+#[tokio::test]
+async fn h2c_upgrade_is_declined_by_serving_plain_http11() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+            let upgrade = req.headers().contains_key("upgrade");
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                "upgrade_header={upgrade}"
+            )))))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    });
+    let ctx = context(&[app]);
+    let proxy = captured(ctx, Side::Outbound, VIP.parse().expect("vip")).await;
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: backend\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut got = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut got))
+        .await
+        .expect("in time")
+        .expect("read");
+    let got = String::from_utf8_lossy(&got[..n]);
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "served, not switched: {got}"
+    );
+    assert!(got.ends_with("upgrade_header=false"), "{got}");
+}
+
+#[tokio::test]
+async fn connect_requests_become_tunnels() {
+    // An HTTP proxy of the app's: answers CONNECT with 200, then echoes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+            assert_eq!(req.method(), http::Method::CONNECT);
+            assert_eq!(req.uri().to_string(), "external.example:443");
+            tokio::spawn(async move {
+                let upgraded = hyper::upgrade::on(&mut req).await.expect("upgrade");
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 4];
+                io.read_exact(&mut buf).await.expect("read");
+                io.write_all(&buf).await.expect("write");
+            });
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades()
+            .await;
+    });
+    let ctx = context(&[app]);
+    let proxy = captured(ctx, Side::Outbound, VIP.parse().expect("vip")).await;
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    s.write_all(b"CONNECT external.example:443 HTTP/1.1\r\nHost: external.example:443\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).await.expect("read head");
+        head.push(byte[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.expect("read");
+    assert_eq!(&buf, b"ping");
+}

@@ -22,6 +22,7 @@ use crate::http::server::{HttpHandler, HttpLimits, serve_http2};
 use crate::http::{Body, error_response, full_body};
 use crate::listener::{ConnectionLimit, spawn_in_slot};
 use crate::stats::inc;
+use crate::tcp;
 
 use super::PROXY_PORTS;
 
@@ -143,14 +144,15 @@ impl MeshInbound {
         let app = self.app_addr(port)?;
         let mut app_stream = self.ctx.pools.app.connect_stream(app).await?;
         let client = self.client;
+        let idle = self.ctx.settings.tcp_idle_timeout;
         tokio::spawn(async move {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
                     let mut tunnel = TokioIo::new(upgraded);
                     if let Err(e) =
-                        tokio::io::copy_bidirectional(&mut tunnel, &mut app_stream).await
+                        tcp::copy_with_idle_timeout(&mut tunnel, &mut app_stream, idle, app).await
                     {
-                        debug!(%client, %app, error = %e, "mesh tunnel broke");
+                        debug!(%client, %app, error = %e, "mesh tunnel ended");
                     }
                 }
                 Err(e) => debug!(%client, %app, error = %e, "mesh tunnel was not established"),
