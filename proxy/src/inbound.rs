@@ -16,6 +16,7 @@ use crate::context::ProxyContext;
 use crate::detect::{Detected, detect, is_server_first};
 use crate::error::Error;
 use crate::http::forward::{Route, forward, same_major_version};
+use crate::http::headers::strip_knit_headers;
 use crate::http::server::{HttpHandler, serve};
 use crate::http::upgrade::{forward_upgrade, is_upgrade};
 use crate::http::{Body, error_response};
@@ -119,9 +120,11 @@ struct InboundHttp {
 }
 
 impl HttpHandler for InboundHttp {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         let stats = &self.ctx.stats.inbound;
         inc(&stats.http_requests);
+        // A client without a Knit proxy cannot speak for the mesh.
+        strip_knit_headers(req.headers_mut());
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let app = self.orig_dst.0;

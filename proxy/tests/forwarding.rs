@@ -537,3 +537,38 @@ async fn connect_requests_become_tunnels() {
     s.read_exact(&mut buf).await.expect("read");
     assert_eq!(&buf, b"ping");
 }
+
+#[tokio::test]
+async fn forged_knit_headers_from_unmeshed_clients_are_stripped_inbound() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+            let forged = req
+                .headers()
+                .keys()
+                .filter(|k| k.as_str().starts_with("x-knit-"))
+                .count();
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                "forged={forged}"
+            )))))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    });
+    let proxy = captured(context(&[]), Side::Inbound, app).await;
+    let mut client = h1_client(proxy).await;
+    let mut req = get("/");
+    req.headers_mut().insert(
+        "x-knit-target-port",
+        http::HeaderValue::from_static("15000"),
+    );
+    req.headers_mut().insert(
+        "x-knit-peer",
+        http::HeaderValue::from_static("spiffe://evil"),
+    );
+    let resp = client.send_request(req).await.expect("response");
+    assert_eq!(text(resp).await, "forged=0");
+}
