@@ -86,6 +86,22 @@ fn app_connections_share_one_http2_connection_between_proxies() {
     assert_eq!(stat(&lab, "backend-1", "mesh.requests"), 1000);
     // ...which arrived on the mesh port, not through inbound capture.
     assert_eq!(stat(&lab, "backend-1", "inbound.connections"), 0);
+
+    // Both proxies report the 1000 requests on /metrics (15090).
+    for (pod, reporter) in [("frontend", "source"), ("backend-1", "destination")] {
+        let ip = lab.pod(pod).or_logs(&lab).ip;
+        let metrics = lab
+            .http_get_in_node(&format!("http://{ip}:15090/metrics"))
+            .or_logs(&lab);
+        assert_eq!(metrics.status, 200);
+        let want = format!(
+            "knit_requests_total{{reporter=\"{reporter}\",source_workload=\"frontend\",source_namespace=\"default\",\
+             source_principal=\"unknown\",destination_service=\"backend.default.svc.cluster.local\",\
+             destination_workload=\"backend-1\",destination_namespace=\"default\",destination_principal=\"unknown\",\
+             connection_security_policy=\"none\",response_code=\"200\"}} 1000"
+        );
+        assert!(metrics.body.contains(&want), "{pod}: {}", metrics.body);
+    }
 }
 
 /// Dual-stack pods: the same calls over IPv6 are captured and carried

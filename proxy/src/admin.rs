@@ -19,6 +19,8 @@ use crate::http::{Body, full_body};
 pub enum Role {
     Admin,
     Readiness,
+    /// Prometheus scrapes (15090).
+    Metrics,
 }
 
 pub struct AdminServer {
@@ -69,6 +71,14 @@ fn respond(ctx: &ProxyContext, role: Role, req: &Request<Incoming>) -> Response<
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
     }
     match (role, req.uri().path()) {
+        (Role::Metrics, "/metrics") => {
+            let mut resp = Response::new(full_body(ctx.metrics.encode()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
         (_, "/healthz/ready") | (Role::Admin, "/ready") => {
             if ctx.is_ready() {
                 text(StatusCode::OK, "ready\n".into())

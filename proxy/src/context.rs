@@ -157,7 +157,16 @@ impl Pools {
     }
 }
 
+/// This proxy's workload, for metrics and for peers.
+#[derive(Debug, Clone)]
+pub struct NodeMeta {
+    pub workload: String,
+    pub namespace: String,
+}
+
 pub struct ProxyContext {
+    pub metrics: crate::metrics::Metrics,
+    pub node: NodeMeta,
     pub config: ConfigStore,
     pub stats: Stats,
     pub pools: Pools,
@@ -171,6 +180,11 @@ pub struct ProxyContext {
 impl ProxyContext {
     pub fn new(settings: DataPathSettings) -> Self {
         ProxyContext {
+            metrics: crate::metrics::Metrics::default(),
+            node: NodeMeta {
+                workload: crate::metrics::UNKNOWN.into(),
+                namespace: crate::metrics::UNKNOWN.into(),
+            },
             config: ConfigStore::default(),
             stats: Stats::default(),
             pools: Pools::new(settings.connect_timeout),

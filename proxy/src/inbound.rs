@@ -22,6 +22,7 @@ use crate::http::upgrade::{forward_upgrade, is_upgrade};
 use crate::http::{Body, error_response};
 use crate::listener::{accept_loop, record_detection};
 use crate::mesh::PROXY_PORTS;
+use crate::mesh::server::destination_labels;
 use crate::stats::inc;
 use crate::tcp;
 
@@ -96,6 +97,8 @@ pub async fn handle_connection(
         }
         Detected::Tls | Detected::Opaque | Detected::Timeout => {
             inc(&stats.tcp_connections);
+            ctx.metrics
+                .tcp_opened(destination_labels(&ctx, &http::HeaderMap::new()));
             if let Err(e) = tcp::deliver(
                 stream,
                 orig_dst.0,
@@ -125,6 +128,7 @@ impl HttpHandler for InboundHttp {
         inc(&stats.http_requests);
         // A client without a Knit proxy cannot speak for the mesh.
         strip_knit_headers(req.headers_mut());
+        let labels = destination_labels(&self.ctx, req.headers());
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let app = self.orig_dst.0;
@@ -144,13 +148,15 @@ impl HttpHandler for InboundHttp {
             };
             forward(&route, req, || Ok(Upstream::Direct(app))).await
         };
-        match result {
+        let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
                 stats.errors.record(e.reason());
                 warn!(client = %self.client, orig_dst = %self.orig_dst, %method, %path, reason = e.reason(), error = %e, "inbound request failed");
                 error_response(&e)
             }
-        }
+        };
+        self.ctx.metrics.request(labels, resp.status().as_u16());
+        resp
     }
 }

@@ -14,6 +14,7 @@ pub mod http;
 pub mod inbound;
 pub mod listener;
 pub mod mesh;
+pub mod metrics;
 pub mod outbound;
 pub mod sockopt;
 pub mod stats;
@@ -59,6 +60,8 @@ pub struct ProxyOptions {
     pub ipv6: bool,
     pub admin_addr: SocketAddr,
     pub readiness_addr: SocketAddr,
+    /// Prometheus `/metrics`.
+    pub metrics_addr: SocketAddr,
     pub settings: DataPathSettings,
 }
 
@@ -66,6 +69,10 @@ pub struct ProxyOptions {
 /// until `shutdown` resolves.
 pub async fn run(opts: ProxyOptions, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let mut ctx = ProxyContext::new(opts.settings.clone());
+    ctx.node = context::NodeMeta {
+        workload: opts.node.pod_name.clone(),
+        namespace: opts.node.namespace.clone(),
+    };
     for ip in &opts.node.pod_ips {
         let parsed = ip
             .parse::<std::net::IpAddr>()
@@ -78,6 +85,7 @@ pub async fn run(opts: ProxyOptions, shutdown: impl Future<Output = ()>) -> Resu
     let mesh = listener::bind("mesh listener", opts.mesh_addr).await?;
     let admin = listener::bind("admin server", opts.admin_addr).await?;
     let readiness = listener::bind("readiness server", opts.readiness_addr).await?;
+    let metrics = listener::bind("metrics server", opts.metrics_addr).await?;
     ctx.listeners_bound.store(true, Ordering::Release);
     info!(
         outbound = %opts.outbound_addr,
@@ -126,6 +134,7 @@ pub async fn run(opts: ProxyOptions, shutdown: impl Future<Output = ()>) -> Resu
     }
     tasks.spawn(AdminServer::new(admin, ctx.clone(), Role::Admin).run());
     tasks.spawn(AdminServer::new(readiness, ctx.clone(), Role::Readiness).run());
+    tasks.spawn(AdminServer::new(metrics, ctx.clone(), Role::Metrics).run());
     tasks.spawn(control_plane.run());
     tokio::select! {
         _ = tasks.join_next() => tracing::error!("a proxy component stopped unexpectedly"),

@@ -38,6 +38,8 @@ struct Args {
     admin_addr: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15021")]
     readiness_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15090")]
+    metrics_addr: SocketAddr,
     /// How long outbound detection waits for the app's first bytes.
     #[arg(long, default_value_t = 300)]
     detect_timeout_ms: u64,
@@ -112,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         ipv6: args.ipv6,
         admin_addr: args.admin_addr,
         readiness_addr: args.readiness_addr,
+        metrics_addr: args.metrics_addr,
         settings: DataPathSettings {
             outbound_detect_timeout: Duration::from_millis(args.detect_timeout_ms),
             connect_timeout: Duration::from_millis(args.connect_timeout_ms),

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::addr::{ClientAddr, OrigDstAddr};
-use crate::config::snapshot::{DeclaredProtocol, ServiceTarget, Upstream};
+use crate::config::snapshot::{DeclaredProtocol, Endpoint, ServiceTarget, Upstream};
 use crate::context::ProxyContext;
 use crate::detect::{Detected, detect, is_server_first};
 use crate::error::Error;
@@ -21,6 +21,8 @@ use crate::http::upgrade::{forward_upgrade, is_upgrade};
 use crate::http::{Body, error_response, headers::strip_knit_headers};
 use crate::listener::{accept_loop, record_detection};
 use crate::mesh::client::open_tunnel;
+use crate::mesh::source_metadata;
+use crate::metrics::{Reporter, SecurityPolicy, TrafficLabels, UNKNOWN};
 use crate::stats::inc;
 use crate::tcp;
 
@@ -62,7 +64,7 @@ pub async fn handle_connection(
         // Not a mesh service: pass it through untouched to where the app
         // was going.
         inc(&stats.passthrough_connections);
-        let result = match tcp::open(Upstream::Direct(orig_dst.0), &ctx.pools).await {
+        let result = match tcp::open(Upstream::Direct(orig_dst.0), &ctx.pools, &[]).await {
             Ok(up) => tcp::splice(stream, up, ctx.settings.tcp_idle_timeout)
                 .await
                 .map(|_| ()),
@@ -124,19 +126,22 @@ async fn forward_tcp_to_service(
 ) {
     let stats = &ctx.stats.outbound;
     inc(&stats.tcp_connections);
+    let metadata = source_metadata(&ctx.node, &target.hostname);
     let result = async {
         let mut attempt = 1;
-        let upstream = loop {
+        let (upstream, ep) = loop {
             let ep = target.pick().ok_or_else(|| Error::NoEndpoints {
                 service: target.service.clone(),
                 port: target.port,
             })?;
-            match tcp::open(ctx.upstream_for(ep), &ctx.pools).await {
-                Ok(up) => break up,
+            match tcp::open(ctx.upstream_for(ep), &ctx.pools, &metadata).await {
+                Ok(up) => break (up, ep),
                 Err(e) if e.is_retryable() && attempt < UPSTREAM_ATTEMPTS => attempt += 1,
                 Err(e) => return Err(e),
             }
         };
+        ctx.metrics
+            .tcp_opened(source_labels(ctx, &target.hostname, Some(ep)));
         tcp::splice(stream, upstream, ctx.settings.tcp_idle_timeout)
             .await
             .map(|_| ())
@@ -145,6 +150,22 @@ async fn forward_tcp_to_service(
     if let Err(e) = result {
         stats.errors.record(e.reason());
         warn!(%client, service = %target.service, port = target.port, reason = e.reason(), error = %e, "outbound TCP failed");
+    }
+}
+
+/// Labels of traffic this proxy sends (reporter=source). Without mTLS no
+/// principal is known on either side.
+fn source_labels(ctx: &ProxyContext, service: &str, ep: Option<&Endpoint>) -> TrafficLabels {
+    TrafficLabels {
+        reporter: Reporter::source,
+        source_workload: ctx.node.workload.clone(),
+        source_namespace: ctx.node.namespace.clone(),
+        source_principal: UNKNOWN.into(),
+        destination_service: service.to_owned(),
+        destination_workload: ep.map_or_else(|| UNKNOWN.into(), |ep| ep.workload.clone()),
+        destination_namespace: ep.map_or_else(|| UNKNOWN.into(), |ep| ep.namespace.clone()),
+        destination_principal: UNKNOWN.into(),
+        connection_security_policy: SecurityPolicy::none,
     }
 }
 
@@ -157,27 +178,52 @@ struct OutboundHttp {
 }
 
 impl OutboundHttp {
-    fn pick(&self) -> Result<Upstream, Error> {
-        let orig_dst = self.orig_dst.0;
-        let snapshot = self.ctx.config.load();
-        match snapshot.lookup(orig_dst) {
+    /// Picks where the next attempt goes; remembers the endpoint for metrics.
+    fn pick(
+        &self,
+        target: Option<&ServiceTarget>,
+        picked: &mut Option<Endpoint>,
+    ) -> Result<Upstream, Error> {
+        match target {
             // The service disappeared under a live connection: go where the
             // app was going, as for any unknown destination.
-            None => Ok(Upstream::Direct(orig_dst)),
-            Some(target) => target
-                .pick()
-                .map(|ep| self.ctx.upstream_for(ep))
-                .ok_or_else(|| Error::NoEndpoints {
+            None => Ok(Upstream::Direct(self.orig_dst.0)),
+            Some(target) => {
+                let ep = target.pick().ok_or_else(|| Error::NoEndpoints {
                     service: target.service.clone(),
                     port: target.port,
-                }),
+                })?;
+                *picked = Some(ep.clone());
+                Ok(self.ctx.upstream_for(ep))
+            }
         }
     }
 
-    async fn route_and_forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    async fn route_and_forward(
+        &self,
+        mut req: Request<Incoming>,
+        target: Option<&ServiceTarget>,
+        picked: &mut Option<Endpoint>,
+    ) -> Result<Response<Body>, Error> {
         strip_knit_headers(req.headers_mut());
+        let service = target.map_or(UNKNOWN, |t| t.hostname.as_str());
+        let metadata = source_metadata(&self.ctx.node, service);
         if is_upgrade(&req) {
-            return self.upgrade(req).await;
+            return match self.pick(target, picked)? {
+                Upstream::Direct(addr) => {
+                    let io = TokioIo::new(self.ctx.pools.direct.connect_stream(addr).await?);
+                    forward_upgrade(io, req, addr).await
+                }
+                Upstream::Mesh { peer, target_port } => {
+                    let tunnel =
+                        open_tunnel(&self.ctx.pools.mesh, peer, target_port, &metadata).await?;
+                    forward_upgrade(tunnel, req, peer).await
+                }
+            };
+        }
+        // Stripped again for a direct upstream; kept on the mesh hop.
+        for (name, value) in metadata {
+            req.headers_mut().insert(name, value);
         }
         let route = Route {
             direct: &self.ctx.pools.direct,
@@ -186,21 +232,7 @@ impl OutboundHttp {
             fallback_authority: self.orig_dst.to_string(),
             attempts: UPSTREAM_ATTEMPTS,
         };
-        forward(&route, req, || self.pick()).await
-    }
-
-    /// Upgrades and CONNECT get a connection (or tunnel) of their own.
-    async fn upgrade(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-        match self.pick()? {
-            Upstream::Direct(addr) => {
-                let io = TokioIo::new(self.ctx.pools.direct.connect_stream(addr).await?);
-                forward_upgrade(io, req, addr).await
-            }
-            Upstream::Mesh { peer, target_port } => {
-                let tunnel = open_tunnel(&self.ctx.pools.mesh, peer, target_port).await?;
-                forward_upgrade(tunnel, req, peer).await
-            }
-        }
+        forward(&route, req, || self.pick(target, picked)).await
     }
 }
 
@@ -213,13 +245,24 @@ impl HttpHandler for OutboundHttp {
         inc(&stats.http_requests);
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        match self.route_and_forward(req).await {
+        let target = self.ctx.config.load().lookup(self.orig_dst.0).cloned();
+        let mut picked = None;
+        let resp = match self
+            .route_and_forward(req, target.as_deref(), &mut picked)
+            .await
+        {
             Ok(resp) => resp,
             Err(e) => {
                 stats.errors.record(e.reason());
                 warn!(client = %self.client, orig_dst = %self.orig_dst, %method, %path, reason = e.reason(), error = %e, "outbound request failed");
                 error_response(&e)
             }
-        }
+        };
+        let service = target.as_deref().map_or(UNKNOWN, |t| t.hostname.as_str());
+        self.ctx.metrics.request(
+            source_labels(&self.ctx, service, picked.as_ref()),
+            resp.status().as_u16(),
+        );
+        resp
     }
 }

@@ -28,14 +28,18 @@ pub enum Connected {
 /// Connects to `upstream`: straight to the address, or through a tunnel to
 /// the peer proxy. Nothing of the client's has been sent yet, so a failure
 /// here may be retried elsewhere.
-pub async fn open(upstream: Upstream, pools: &Pools) -> Result<Connected, Error> {
+pub async fn open(
+    upstream: Upstream,
+    pools: &Pools,
+    metadata: &[(http::HeaderName, http::HeaderValue)],
+) -> Result<Connected, Error> {
     match upstream {
         Upstream::Direct(addr) => Ok(Connected::Direct(
             pools.direct.connect_stream(addr).await?,
             addr,
         )),
         Upstream::Mesh { peer, target_port } => {
-            let tunnel = open_tunnel(&pools.mesh, peer, target_port).await?;
+            let tunnel = open_tunnel(&pools.mesh, peer, target_port, metadata).await?;
             Ok(Connected::Tunnel(TokioIo::new(tunnel), peer))
         }
     }

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use knit_proto::v1;
 use knit_proxy::addr::{ClientAddr, OrigDstAddr};
 use knit_proxy::config::snapshot::Snapshot;
-use knit_proxy::context::{DataPathSettings, ProxyContext};
+use knit_proxy::context::{DataPathSettings, NodeMeta, ProxyContext};
 use knit_proxy::mesh::server::MeshListener;
 use knit_proxy::outbound;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,10 +24,15 @@ use tokio::net::{TcpListener, TcpStream};
 const VIP: &str = "198.19.0.10:80";
 
 fn context(app: SocketAddr, mesh_port: u16, protocol: v1::Protocol) -> Arc<ProxyContext> {
-    let ctx = Arc::new(ProxyContext::new(DataPathSettings {
+    let mut ctx = ProxyContext::new(DataPathSettings {
         outbound_detect_timeout: Duration::from_millis(100),
         ..Default::default()
-    }));
+    });
+    ctx.node = NodeMeta {
+        workload: "frontend".into(),
+        namespace: "shop".into(),
+    };
+    let ctx = Arc::new(ctx);
     ctx.listeners_bound
         .store(true, std::sync::atomic::Ordering::Release);
     let resp = v1::DiscoveryResponse {
@@ -64,7 +69,12 @@ fn context(app: SocketAddr, mesh_port: u16, protocol: v1::Protocol) -> Arc<Proxy
 
 /// The receiving proxy: its mesh listener on loopback.
 async fn peer_proxy() -> (Arc<ProxyContext>, u16) {
-    let ctx = Arc::new(ProxyContext::new(DataPathSettings::default()));
+    let mut ctx = ProxyContext::new(DataPathSettings::default());
+    ctx.node = NodeMeta {
+        workload: "backend-1".into(),
+        namespace: "default".into(),
+    };
+    let ctx = Arc::new(ctx);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mesh");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(MeshListener::new(listener, ctx.clone()).run());
@@ -173,6 +183,26 @@ async fn a_thousand_requests_from_ten_app_connections_share_one_peer_connection(
     let peer = peer_ctx.stats_map();
     assert_eq!(peer["mesh.connections"], 1, "{peer:?}");
     assert_eq!(peer["mesh.requests"], 1000, "{peer:?}");
+
+    // Both proxies report the requests, labelled from the mesh.
+    let common = "source_workload=\"frontend\",source_namespace=\"shop\",source_principal=\"unknown\",\
+                  destination_service=\"backend.default.svc.cluster.local\",destination_workload=\"backend-1\",\
+                  destination_namespace=\"default\",destination_principal=\"unknown\",\
+                  connection_security_policy=\"none\",response_code=\"200\"} 1000";
+    let source = ctx.metrics.encode();
+    assert!(
+        source.contains(&format!(
+            "knit_requests_total{{reporter=\"source\",{common}"
+        )),
+        "{source}"
+    );
+    let destination = peer_ctx.metrics.encode();
+    assert!(
+        destination.contains(&format!(
+            "knit_requests_total{{reporter=\"destination\",{common}"
+        )),
+        "{destination}"
+    );
 }
 
 #[tokio::test]
@@ -199,6 +229,20 @@ async fn opaque_tcp_rides_a_tunnel_with_half_close() {
     assert_eq!(back, b"\x00\x01opaque bytes|done");
     assert_eq!(peer_ctx.stats_map()["mesh.tunnels"], 1);
     assert_eq!(ctx.stats_map()["upstream.mesh.connections_opened"], 1);
+    let source = ctx.metrics.encode();
+    assert!(
+        source.contains(
+            "knit_tcp_connections_opened_total{reporter=\"source\",source_workload=\"frontend\""
+        ) && source.contains("destination_workload=\"backend-1\""),
+        "{source}"
+    );
+    let destination = peer_ctx.metrics.encode();
+    assert!(
+        destination.contains(
+            "knit_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"frontend\",source_namespace=\"shop\""
+        ),
+        "{destination}"
+    );
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use super::Body;
-use super::headers::{prepare_for_upstream, strip_hop_by_hop};
+use super::headers::{prepare_for_upstream, strip_hop_by_hop, strip_knit_headers};
 use super::upstream::{SendError, UpstreamPool};
 use crate::config::snapshot::Upstream;
 use crate::error::Error;
@@ -84,8 +84,8 @@ fn shape<'a>(
     match upstream {
         Upstream::Direct(addr) => {
             prepare_for_upstream(req, route.direct_version, &route.fallback_authority)?;
-            req.headers_mut().remove(TARGET_PORT_HEADER);
-            req.headers_mut().remove(ORIG_PROTO_HEADER);
+            // Mesh metadata is for proxies; an app never sees it.
+            strip_knit_headers(req.headers_mut());
             Ok((route.direct, addr))
         }
         Upstream::Mesh { peer, target_port } => {

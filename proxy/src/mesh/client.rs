@@ -16,14 +16,18 @@ pub async fn open_tunnel(
     pool: &Arc<UpstreamPool>,
     peer: SocketAddr,
     target_port: u16,
+    metadata: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<Upgraded, Error> {
     let target = SocketAddr::new(peer.ip(), target_port);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(Method::CONNECT)
         .uri(target.to_string())
         .version(Version::HTTP_2)
         .body(full_body(""))
         .map_err(|e| Error::BadRequest(e.to_string()))?;
+    for (name, value) in metadata {
+        req.headers_mut().insert(name.clone(), value.clone());
+    }
     let mut resp = pool.send(peer, req).await.map_err(|e| e.error)?;
     if !resp.status().is_success() {
         let reason = resp

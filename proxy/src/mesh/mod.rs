@@ -15,6 +15,30 @@ pub mod server;
 pub const MESH_PORT: u16 = 15008;
 pub const TARGET_PORT_HEADER: &str = "x-knit-target-port";
 pub const ORIG_PROTO_HEADER: &str = "x-knit-orig-proto";
+/// Who is calling and which service it called, as the source proxy tells
+/// its peer (for the destination's metrics). The app's own `x-knit-*`
+/// headers never get this far: the source proxy strips them.
+pub const SOURCE_WORKLOAD_HEADER: &str = "x-knit-source-workload";
+pub const SOURCE_NAMESPACE_HEADER: &str = "x-knit-source-namespace";
+pub const DESTINATION_SERVICE_HEADER: &str = "x-knit-destination-service";
+
+/// The metadata headers a source proxy adds on the mesh hop.
+pub fn source_metadata(
+    node: &crate::context::NodeMeta,
+    destination_service: &str,
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let mut out = Vec::with_capacity(3);
+    for (name, value) in [
+        (SOURCE_WORKLOAD_HEADER, node.workload.as_str()),
+        (SOURCE_NAMESPACE_HEADER, node.namespace.as_str()),
+        (DESTINATION_SERVICE_HEADER, destination_service),
+    ] {
+        if let Ok(value) = http::HeaderValue::from_str(value) {
+            out.push((http::HeaderName::from_static(name), value));
+        }
+    }
+    out
+}
 
 /// Ports of the proxy itself: admin, outbound, inbound, mesh, readiness,
 /// metrics. Traffic is never delivered to them as if to an app.

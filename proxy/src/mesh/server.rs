@@ -12,7 +12,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use super::{ORIG_PROTO_HEADER, TARGET_PORT_HEADER};
+use super::{
+    DESTINATION_SERVICE_HEADER, ORIG_PROTO_HEADER, SOURCE_NAMESPACE_HEADER, SOURCE_WORKLOAD_HEADER,
+    TARGET_PORT_HEADER,
+};
 use crate::addr::ClientAddr;
 use crate::config::snapshot::Upstream;
 use crate::context::ProxyContext;
@@ -21,6 +24,7 @@ use crate::http::forward::{Route, forward};
 use crate::http::server::{HttpHandler, HttpLimits, serve_http2};
 use crate::http::{Body, error_response, full_body};
 use crate::listener::{ConnectionLimit, spawn_in_slot};
+use crate::metrics::{Reporter, SecurityPolicy, TrafficLabels, UNKNOWN, mesh_name};
 use crate::stats::inc;
 use crate::tcp;
 
@@ -91,18 +95,28 @@ struct MeshInbound {
 impl MeshInbound {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let stats = &self.ctx.stats.mesh;
-        let result = if req.method() == Method::CONNECT {
+        let labels = destination_labels(&self.ctx, req.headers());
+        let is_tunnel = req.method() == Method::CONNECT;
+        let result = if is_tunnel {
             inc(&stats.tunnels);
             self.tunnel(req).await
         } else {
             inc(&stats.requests);
             self.deliver(req).await
         };
-        result.unwrap_or_else(|e| {
+        let resp = result.unwrap_or_else(|e| {
             stats.errors.record(e.reason());
             warn!(client = %self.client, reason = e.reason(), error = %e, "mesh request failed");
             error_response(&e)
-        })
+        });
+        if is_tunnel {
+            if resp.status().is_success() {
+                self.ctx.metrics.tcp_opened(labels);
+            }
+        } else {
+            self.ctx.metrics.request(labels, resp.status().as_u16());
+        }
+        resp
     }
 
     fn app_addr(&self, port: u16) -> Result<SocketAddr, Error> {
@@ -161,5 +175,22 @@ impl MeshInbound {
         let mut resp = Response::new(full_body(""));
         *resp.status_mut() = StatusCode::OK;
         Ok(resp)
+    }
+}
+
+/// Labels of traffic this proxy receives from a peer (reporter=destination):
+/// the peer's metadata, validated; this pod as the destination.
+pub fn destination_labels(ctx: &ProxyContext, headers: &http::HeaderMap) -> TrafficLabels {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    TrafficLabels {
+        reporter: Reporter::destination,
+        source_workload: mesh_name(header(SOURCE_WORKLOAD_HEADER)),
+        source_namespace: mesh_name(header(SOURCE_NAMESPACE_HEADER)),
+        source_principal: UNKNOWN.into(),
+        destination_service: mesh_name(header(DESTINATION_SERVICE_HEADER)),
+        destination_workload: ctx.node.workload.clone(),
+        destination_namespace: ctx.node.namespace.clone(),
+        destination_principal: UNKNOWN.into(),
+        connection_security_policy: SecurityPolicy::none,
     }
 }
