@@ -15,6 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::ca::pki::CertSummary;
+use crate::ca::{CaView, CertificateAuthority, ServingCert};
 use crate::registry::ProxyRegistry;
 use crate::shutdown::shutdown_requested;
 use crate::state::ConfigState;
@@ -51,11 +53,36 @@ impl Reply {
     }
 }
 
+/// What the debug pages read.
+#[derive(Debug, Clone)]
+pub struct DebugSources {
+    pub state: Arc<ConfigState>,
+    pub registry: Arc<ProxyRegistry>,
+    pub ca: Arc<CertificateAuthority>,
+    /// knitd's TLS serving certificate, when the TLS server runs.
+    pub serving: Option<Arc<ServingCert>>,
+}
+
+/// `/debug/ca`: the CA, its bundle and knitd's own certificate; only
+/// public facts (subjects, fingerprints, dates), never key material.
+#[derive(Debug, Clone, serde::Serialize)]
+struct CaPage {
+    #[serde(flatten)]
+    ca: CaView,
+    serving_certificate: Option<CertSummary>,
+}
+
 /// Routes one request. Pure apart from reading the shared state.
-pub fn route(method: &Method, path: &str, state: &ConfigState, registry: &ProxyRegistry) -> Reply {
+pub fn route(method: &Method, path: &str, sources: &DebugSources) -> Reply {
+    let state = &sources.state;
     let known = matches!(
         path,
-        "/healthz" | "/debug/snapshot" | "/debug/proxies" | "/debug/errors" | "/debug/warnings"
+        "/healthz"
+            | "/debug/snapshot"
+            | "/debug/proxies"
+            | "/debug/errors"
+            | "/debug/warnings"
+            | "/debug/ca"
     );
     if !known {
         return Reply::text(StatusCode::NOT_FOUND, format!("no such page: {path}\n"));
@@ -66,7 +93,11 @@ pub fn route(method: &Method, path: &str, state: &ConfigState, registry: &ProxyR
     match path {
         "/healthz" => Reply::text(StatusCode::OK, "ok"),
         "/debug/snapshot" => Reply::json(&state.snapshot().view()),
-        "/debug/proxies" => Reply::json(&registry.list()),
+        "/debug/proxies" => Reply::json(&sources.registry.list()),
+        "/debug/ca" => Reply::json(&CaPage {
+            ca: sources.ca.view(),
+            serving_certificate: sources.serving.as_ref().map(|s| s.summary()),
+        }),
         "/debug/errors" => Reply::json(&state.report().errors),
         _ => Reply::json(&state.report().warnings),
     }
@@ -85,10 +116,10 @@ fn into_response(reply: Reply) -> Response<Full<Bytes>> {
 /// simply dropped at shutdown.
 pub async fn serve(
     listener: TcpListener,
-    state: Arc<ConfigState>,
-    registry: Arc<ProxyRegistry>,
+    sources: DebugSources,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let sources = Arc::new(sources);
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -105,11 +136,10 @@ pub async fn serve(
                 continue;
             }
         };
-        let state = Arc::clone(&state);
-        let registry = Arc::clone(&registry);
+        let sources = Arc::clone(&sources);
         connections.spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let reply = route(request.method(), request.uri().path(), &state, &registry);
+                let reply = route(request.method(), request.uri().path(), &sources);
                 async move { Ok::<_, Infallible>(into_response(reply)) }
             });
             if let Err(err) = http1::Builder::new()
@@ -145,19 +175,30 @@ mod tests {
             warnings: vec![],
         });
         let registry = ProxyRegistry::new();
+        let ca = match CertificateAuthority::open(&crate::ca::CaOptions::default()) {
+            Ok(ca) => Arc::new(ca),
+            Err(err) => panic!("{err}"),
+        };
+        let state = Arc::new(state);
+        let sources = DebugSources {
+            state: Arc::clone(&state),
+            registry: Arc::clone(&registry),
+            ca: Arc::clone(&ca),
+            serving: None,
+        };
         let _proxy = registry.register(pb::Node {
             pod_name: "web-a".to_owned(),
             namespace: "default".to_owned(),
             ..Default::default()
         });
 
-        let health = route(&Method::GET, "/healthz", &state, &registry);
+        let health = route(&Method::GET, "/healthz", &sources);
         assert_eq!(
             (health.status, health.body.as_str()),
             (StatusCode::OK, "ok")
         );
 
-        let snapshot = route(&Method::GET, "/debug/snapshot", &state, &registry);
+        let snapshot = route(&Method::GET, "/debug/snapshot", &sources);
         assert_eq!(snapshot.content_type, "application/json");
         let view: SnapshotView = match serde_json::from_str(&snapshot.body) {
             Ok(view) => view,
@@ -165,21 +206,33 @@ mod tests {
         };
         assert_eq!(view, state.snapshot().view());
 
-        let errors = route(&Method::GET, "/debug/errors", &state, &registry);
+        let errors = route(&Method::GET, "/debug/errors", &sources);
         let errors: Vec<String> = serde_json::from_str(&errors.body).unwrap_or_default();
         assert_eq!(errors, ["config error: a.yaml doc 1: broken"]);
 
-        let proxies = route(&Method::GET, "/debug/proxies", &state, &registry);
+        let proxies = route(&Method::GET, "/debug/proxies", &sources);
         let proxies: serde_json::Value = serde_json::from_str(&proxies.body).unwrap_or_default();
         assert_eq!(proxies[0]["pod_name"], "web-a");
         assert_eq!(proxies[0]["acked_version"], serde_json::Value::Null);
 
+        let page = route(&Method::GET, "/debug/ca", &sources);
+        let page: serde_json::Value = serde_json::from_str(&page.body).unwrap_or_default();
+        assert_eq!(page["source"], "ephemeral");
+        assert_eq!(page["trust_domain"], "cluster.local");
         assert_eq!(
-            route(&Method::GET, "/nope", &state, &registry).status,
+            page["active_issuer"]["fingerprint"],
+            page["trust_bundle"][0]["fingerprint"]
+        );
+        assert_eq!(page["trust_bundle"][0]["role"], "active");
+        assert_eq!(page["serving_certificate"], serde_json::Value::Null);
+        assert!(!page.to_string().contains("PRIVATE"), "{page}");
+
+        assert_eq!(
+            route(&Method::GET, "/nope", &sources).status,
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            route(&Method::POST, "/healthz", &state, &registry).status,
+            route(&Method::POST, "/healthz", &sources).status,
             StatusCode::METHOD_NOT_ALLOWED
         );
     }

@@ -1,12 +1,18 @@
 //! knitd, the Knit control plane, in file mode: a directory of YAML is
 //! loaded and validated (`config`), compiled into the snapshot every proxy
 //! needs (`translate`), published (`state`), and streamed to proxies over
-//! `Discovery.Stream` (`discovery`); `debug_http` shows it all.
+//! `Discovery.Stream` (`discovery`); the mesh CA (`ca`) signs each proxy's
+//! workload certificate over `Certificates.Sign`; `debug_http` shows it all.
 //!
 //! Data flow: files → [`config`] → [`model`] → [`translate`] → [`snapshot`]
 //! → [`state`] → [`discovery`].
+//!
+//! Ports: 15012 serves Discovery and Certificates over TLS (certificate from
+//! the mesh CA); 15010 serves the same in plaintext, for the lab and
+//! development only, since tokens and configs cross it in the clear.
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod config;
 pub mod debug_http;
 pub mod discovery;
@@ -25,10 +31,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use knit_proto::v1::certificates_server::CertificatesServer;
 use knit_proto::v1::discovery_server::DiscoveryServer;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+
+use ca::{
+    CaOptions, CertificateAuthority, CertificatesService, FileTokenAuthenticator, ServingCert,
+};
 
 pub use error::Error;
 pub use registry::{ProxyRegistry, ProxyStatus};
@@ -36,8 +49,10 @@ pub use snapshot::{Snapshot, SnapshotView};
 pub use state::{ConfigReport, ConfigState};
 pub use watch::{Compiled, compile_dir};
 
-/// Default address of the discovery gRPC server (plaintext).
+/// Default address of the discovery + CA gRPC server (plaintext).
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:15010";
+/// Default address of the discovery + CA gRPC server over TLS.
+pub const DEFAULT_GRPC_TLS_ADDR: &str = "0.0.0.0:15012";
 /// Default address of knitd's health and debug HTTP server.
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:15014";
 /// How often the config directory is checked for changes.
@@ -49,18 +64,27 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct KnitdOptions {
     pub config_dir: PathBuf,
     pub grpc_addr: SocketAddr,
+    /// `None`: no TLS server (tests that only need the plaintext one).
+    pub grpc_tls_addr: Option<SocketAddr>,
+    /// Extra DNS names / IP addresses for the TLS server's certificate.
+    pub tls_sans: Vec<String>,
     pub http_addr: SocketAddr,
     pub poll_interval: Duration,
+    pub ca: CaOptions,
 }
 
 impl KnitdOptions {
-    /// Options with the default addresses and poll interval.
+    /// Options with the default addresses and poll interval, and an
+    /// in-memory CA root.
     pub fn new(config_dir: impl Into<PathBuf>) -> KnitdOptions {
         KnitdOptions {
             config_dir: config_dir.into(),
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 15010)),
+            grpc_tls_addr: Some(SocketAddr::from(([0, 0, 0, 0], 15012))),
+            tls_sans: Vec::new(),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 15014)),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            ca: CaOptions::default(),
         }
     }
 }
@@ -69,7 +93,9 @@ impl KnitdOptions {
 #[derive(Debug)]
 pub struct Knitd {
     grpc_addr: SocketAddr,
+    grpc_tls_addr: Option<SocketAddr>,
     http_addr: SocketAddr,
+    ca: Arc<CertificateAuthority>,
     state: Arc<ConfigState>,
     registry: Arc<ProxyRegistry>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -91,10 +117,18 @@ async fn bind(purpose: &'static str, addr: SocketAddr) -> Result<(TcpListener, S
 }
 
 impl Knitd {
-    /// Loads the config directory once, then starts the directory watch, the
-    /// discovery server and the debug server. Bad config never fails this.
+    /// Opens the CA, loads the config directory once, then starts the
+    /// directory watch, the gRPC servers (plaintext and TLS) and the debug
+    /// server. Bad config never fails this; an unusable CA does.
     pub async fn start(options: KnitdOptions) -> Result<Knitd, Error> {
+        let ca = Arc::new(CertificateAuthority::open(&options.ca)?);
+        let tls_names = ca::tls::serving_names(&options.tls_sans)?;
+        ca.log_start();
         let (grpc_listener, grpc_addr) = bind("discovery gRPC", options.grpc_addr).await?;
+        let tls_listener = match options.grpc_tls_addr {
+            Some(addr) => Some(bind("discovery gRPC over TLS", addr).await?),
+            None => None,
+        };
         let (http_listener, http_addr) = bind("debug HTTP", options.http_addr).await?;
 
         let state = Arc::new(ConfigState::new(Snapshot::empty()));
@@ -116,25 +150,77 @@ impl Knitd {
                 ("config watch", Ok(()))
             }
         });
+        let discovery = discovery::DiscoveryService::new(
+            Arc::clone(&state),
+            Arc::clone(&registry),
+            stopped.clone(),
+        );
+        let certificates = CertificatesService::new(
+            Arc::clone(&ca),
+            Arc::new(FileTokenAuthenticator::new(Arc::clone(&state))),
+        );
         tasks.spawn({
-            let service = discovery::DiscoveryService::new(
-                Arc::clone(&state),
-                Arc::clone(&registry),
-                stopped.clone(),
-            );
             let mut stopped = stopped.clone();
             let server = tonic::transport::Server::builder()
-                .add_service(DiscoveryServer::new(service))
+                .add_service(DiscoveryServer::new(discovery.clone()))
+                .add_service(CertificatesServer::new(certificates.clone()))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
                     shutdown::shutdown_requested(&mut stopped).await
                 });
             async move { ("discovery gRPC server", server.await.map_err(Error::from)) }
         });
+        let mut grpc_tls_addr = None;
+        let mut serving = None;
+        if let Some((listener, addr)) = tls_listener {
+            let cert = ServingCert::new(&ca, tls_names)?;
+            let acceptor =
+                tokio_rustls::TlsAcceptor::from(ca::tls::server_config(Arc::clone(&cert))?);
+            let (connections, incoming) = mpsc::channel(64);
+            tasks.spawn({
+                let accept = ca::tls::accept_loop(listener, acceptor, connections, stopped.clone());
+                async move {
+                    accept.await;
+                    ("TLS accept loop", Ok(()))
+                }
+            });
+            tasks.spawn({
+                let renew =
+                    ca::tls::renew_loop(Arc::clone(&ca), Arc::clone(&cert), stopped.clone());
+                async move {
+                    renew.await;
+                    ("serving certificate renewal", Ok(()))
+                }
+            });
+            tasks.spawn({
+                let mut stopped = stopped.clone();
+                let incoming = ReceiverStream::new(incoming).map(Ok::<_, std::io::Error>);
+                let server = tonic::transport::Server::builder()
+                    .add_service(DiscoveryServer::new(discovery))
+                    .add_service(CertificatesServer::new(certificates))
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        shutdown::shutdown_requested(&mut stopped).await
+                    });
+                async move { ("TLS gRPC server", server.await.map_err(Error::from)) }
+            });
+            let summary = cert.summary();
+            tracing::info!(
+                %addr,
+                fingerprint = %summary.fingerprint,
+                not_after = %summary.not_after,
+                "serving discovery and CA over TLS"
+            );
+            grpc_tls_addr = Some(addr);
+            serving = Some(cert);
+        }
         tasks.spawn({
             let serve = debug_http::serve(
                 http_listener,
-                Arc::clone(&state),
-                Arc::clone(&registry),
+                debug_http::DebugSources {
+                    state: Arc::clone(&state),
+                    registry: Arc::clone(&registry),
+                    ca: Arc::clone(&ca),
+                    serving,
+                },
                 stopped,
             );
             async move {
@@ -145,7 +231,9 @@ impl Knitd {
         tracing::info!(%grpc_addr, %http_addr, dir = %options.config_dir.display(), "knitd serving");
         Ok(Knitd {
             grpc_addr,
+            grpc_tls_addr,
             http_addr,
+            ca,
             state,
             registry,
             stop,
@@ -158,8 +246,17 @@ impl Knitd {
         self.grpc_addr
     }
 
+    /// Where the TLS gRPC server listens, if it runs.
+    pub fn grpc_tls_addr(&self) -> Option<SocketAddr> {
+        self.grpc_tls_addr
+    }
+
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    pub fn ca(&self) -> &Arc<CertificateAuthority> {
+        &self.ca
     }
 
     pub fn state(&self) -> &Arc<ConfigState> {
@@ -254,6 +351,7 @@ mod tests {
     fn default_addresses_agree() {
         let options = KnitdOptions::new("/etc/knit");
         assert_eq!(DEFAULT_GRPC_ADDR.parse(), Ok(options.grpc_addr));
+        assert_eq!(DEFAULT_GRPC_TLS_ADDR.parse().ok(), options.grpc_tls_addr);
         assert_eq!(DEFAULT_HTTP_ADDR.parse(), Ok(options.http_addr));
     }
 }

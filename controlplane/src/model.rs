@@ -128,7 +128,51 @@ pub struct Workload {
     /// Where the workload's Knit proxy takes mesh traffic; `None` when it
     /// runs without one.
     pub mesh_port: Option<u16>,
+    /// SHA-256 of the token this workload presents to the CA (file mode);
+    /// `None`: it cannot get certificates.
+    pub token_sha256: Option<TokenDigest>,
     pub origin: DocumentRef,
+}
+
+/// The annotation holding the hex SHA-256 of a WorkloadEntry's CA token.
+/// Only the digest is in the config, so reading the config does not let
+/// anyone impersonate the workload.
+pub const TOKEN_ANNOTATION: &str = "mesh.knit.dev/token-sha256";
+
+/// A SHA-256 digest of a workload token.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenDigest(pub [u8; 32]);
+
+impl TokenDigest {
+    /// The digest of `token` exactly as presented (no trimming).
+    pub fn of_token(token: &str) -> TokenDigest {
+        use sha2::{Digest, Sha256};
+        TokenDigest(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Parses 64 hex digits, either case.
+    pub fn from_hex(text: &str) -> Option<TokenDigest> {
+        // from_str_radix would also take a '+' sign: check digits first.
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut digest = [0u8; 32];
+        for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+            let pair = std::str::from_utf8(pair).ok()?;
+            digest[i] = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(TokenDigest(digest))
+    }
+}
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenDigest(")?;
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        f.write_str(")")
+    }
 }
 
 /// The annotation that says whether a WorkloadEntry runs a Knit proxy:

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::ca::auth::WorkloadTokens;
 use crate::snapshot::Snapshot;
 
 /// Config problems of the last load, as shown by `/debug/errors`.
@@ -20,6 +21,10 @@ pub struct ConfigReport {
 pub struct ConfigState {
     snapshot: ArcSwap<Snapshot>,
     report: ArcSwap<ConfigReport>,
+    /// Token digests of the current config, for the CA. Apart from the
+    /// snapshot because proxies are never sent them, and a token change
+    /// alone must take effect without a new snapshot version.
+    tokens: ArcSwap<WorkloadTokens>,
     changed: watch::Sender<()>,
 }
 
@@ -28,6 +33,7 @@ impl ConfigState {
         ConfigState {
             snapshot: ArcSwap::from_pointee(initial),
             report: ArcSwap::from_pointee(ConfigReport::default()),
+            tokens: ArcSwap::from_pointee(WorkloadTokens::default()),
             changed: watch::Sender::new(()),
         }
     }
@@ -58,6 +64,14 @@ impl ConfigState {
 
     pub fn set_report(&self, report: ConfigReport) {
         self.report.store(Arc::new(report));
+    }
+
+    pub fn tokens(&self) -> Arc<WorkloadTokens> {
+        self.tokens.load_full()
+    }
+
+    pub fn set_tokens(&self, tokens: WorkloadTokens) {
+        self.tokens.store(Arc::new(tokens));
     }
 }
 

@@ -60,6 +60,7 @@ fn workload(
         service_account: "default".to_owned(),
         ports: ports.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
         mesh_port: Some(15008),
+        token_sha256: None,
         origin: origin("pods.yaml", 1),
     }
 }

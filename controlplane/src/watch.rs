@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::ca::auth::WorkloadTokens;
 use crate::config::load_dir;
 use crate::config::source::{Fingerprint, fingerprint};
 use crate::error::Error;
@@ -19,6 +20,8 @@ use crate::translate::translate;
 #[derive(Debug)]
 pub struct Compiled {
     pub snapshot: Snapshot,
+    /// The workloads' CA token digests.
+    pub tokens: WorkloadTokens,
     pub errors: Vec<Error>,
     pub warnings: Vec<String>,
 }
@@ -32,6 +35,7 @@ pub fn compile_dir(dir: &Path) -> Result<Compiled, Error> {
     warnings.extend(translation.warnings);
     Ok(Compiled {
         snapshot: translation.snapshot,
+        tokens: WorkloadTokens::from_config(&loaded.config),
         errors: loaded.errors,
         warnings,
     })
@@ -53,6 +57,7 @@ pub fn apply(state: &ConfigState, result: Result<Compiled, Error>) -> bool {
                 errors: compiled.errors.iter().map(ToString::to_string).collect(),
                 warnings: compiled.warnings,
             });
+            state.set_tokens(compiled.tokens);
             let summary = format!(
                 "config version {}: {} services, {} endpoints",
                 compiled.snapshot.version,

@@ -22,6 +22,8 @@ fn loopback_options(dir: &std::path::Path) -> KnitdOptions {
     let mut options = KnitdOptions::new(dir);
     options.grpc_addr = "127.0.0.1:0".parse().unwrap_or(options.grpc_addr);
     options.http_addr = "127.0.0.1:0".parse().unwrap_or(options.http_addr);
+    // The TLS server has tests of its own (mesh_ca); these need plaintext.
+    options.grpc_tls_addr = None;
     options
 }
 

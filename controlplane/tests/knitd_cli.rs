@@ -118,10 +118,14 @@ fn print_requires_once() {
 fn sigterm_stops_a_serving_knitd_with_exit_0() {
     let dir = temp_dir();
     write_config(dir.path(), "services.yaml", BACKEND_SERVICE);
+    let state = dir.path().join("state");
     let mut child = Command::new(KNITD)
         .arg("--config-dir")
         .arg(dir.path())
+        .arg("--state-dir")
+        .arg(&state)
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--grpc-tls-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -156,6 +160,13 @@ fn sigterm_stops_a_serving_knitd_with_exit_0() {
         seen.iter().any(|l| l.contains("config version")),
         "{seen:#?}"
     );
+    // The CA says where its root came from, with its fingerprint.
+    assert!(
+        seen.iter().any(|l| l.contains("mesh CA ready")
+            && l.contains("source=generated")
+            && l.contains("fingerprint=sha256:")),
+        "{seen:#?}"
+    );
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -175,4 +186,100 @@ fn sigterm_stops_a_serving_knitd_with_exit_0() {
         }
     };
     assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// Runs a serving knitd with `args` that must fail at start: (exit code,
+/// stderr).
+fn failing_start(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(KNITD)
+        .arg("--config-dir")
+        .arg(dir)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--grpc-tls-addr", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("run knitd: {err}"));
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_ca_flags_fail_with_one_clear_line() {
+    let dir = temp_dir();
+    let state = dir.path().join("state");
+    let state = state.to_string_lossy().into_owned();
+    let table: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--ca-cert", "/nonexistent/ca.pem"],
+            "Error: invalid --ca-cert: needs --ca-key",
+        ),
+        (
+            vec!["--ca-key", "/nonexistent/key.pem"],
+            "Error: invalid --ca-key: needs --ca-cert",
+        ),
+        (
+            vec!["--ca-chain", "/nonexistent/chain.pem"],
+            "Error: invalid --ca-chain: needs --ca-cert and --ca-key",
+        ),
+        (
+            vec!["--ca-cert", "/a", "--ca-key", "/b", "--state-dir", &state],
+            "Error: invalid --state-dir: cannot be combined with --ca-cert",
+        ),
+        (
+            vec!["--trust-domain", "Cluster.Local"],
+            "Error: invalid --trust-domain: \"Cluster.Local\" may only hold",
+        ),
+        (
+            vec!["--max-cert-ttl", "24"],
+            "Error: invalid --max-cert-ttl: \"24\" needs a unit",
+        ),
+        (
+            vec!["--default-cert-ttl", "2d", "--max-cert-ttl", "1d"],
+            "Error: invalid --default-cert-ttl: 2d is longer than --max-cert-ttl 1d",
+        ),
+        (vec!["--tls-san", "Bad Name"], "Error: invalid --tls-san: "),
+        (
+            vec![
+                "--ca-cert",
+                "/nonexistent/ca.pem",
+                "--ca-key",
+                "/nonexistent/key.pem",
+            ],
+            "Error: CA error: /nonexistent/ca.pem: cannot read",
+        ),
+    ];
+    for (args, expected) in table {
+        let (code, stderr) = failing_start(dir.path(), &args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_group_readable_state_dir_key_stops_knitd_with_one_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap_or_else(|err| panic!("{err}"));
+    let key = state.join("root-key.pem");
+    std::fs::write(state.join("root-cert.pem"), "").unwrap_or_else(|err| panic!("{err}"));
+    std::fs::write(&key, "").unwrap_or_else(|err| panic!("{err}"));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))
+        .unwrap_or_else(|err| panic!("{err}"));
+    let state_arg = state.to_string_lossy().into_owned();
+    let (code, stderr) = failing_start(dir.path(), &["--state-dir", &state_arg]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "Error: CA error: {}: the CA key is readable by group or others (mode 0644)",
+            key.display()
+        )),
+        "{stderr}"
+    );
 }

@@ -11,6 +11,7 @@ pub mod detect;
 pub mod dualstack;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod listener;
 pub mod mesh;

@@ -17,8 +17,8 @@ use super::names::{
 };
 use crate::error::Error;
 use crate::model::{
-    DocumentRef, MESH_PORT, MeshConfig, PROXY_ANNOTATION, ServiceDef, ServicePortDef, TargetPort,
-    Transport, Workload,
+    DocumentRef, MESH_PORT, MeshConfig, PROXY_ANNOTATION, ServiceDef, ServicePortDef,
+    TOKEN_ANNOTATION, TargetPort, TokenDigest, Transport, Workload,
 };
 
 /// Service account of a workload that names none.
@@ -285,11 +285,8 @@ pub fn validate_workload_entry(
         let number = valid_port(&format!("spec.ports.{port_name}"), i64::from(*number))?;
         ports.insert(port_name.clone(), number);
     }
-    let annotation = entry
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(PROXY_ANNOTATION));
+    let annotations = entry.metadata.annotations.as_ref();
+    let annotation = annotations.and_then(|a| a.get(PROXY_ANNOTATION));
     let mesh_port = match annotation.map(String::as_str) {
         None | Some("knit") => Some(MESH_PORT),
         Some("none") => None,
@@ -300,6 +297,18 @@ pub fn validate_workload_entry(
             ));
         }
     };
+    let token_sha256 = match annotations.and_then(|a| a.get(TOKEN_ANNOTATION)) {
+        None => None,
+        Some(hex) => Some(TokenDigest::from_hex(hex).ok_or_else(|| {
+            FieldError::new(
+                format!("metadata.annotations[{TOKEN_ANNOTATION}]"),
+                format!(
+                    "{hex:?} is not a SHA-256 digest: 64 hex digits, the digest of the token \
+                     as sent (`printf %s \"$TOKEN\" | sha256sum`)"
+                ),
+            )
+        })?),
+    };
     Ok(Workload {
         name,
         namespace,
@@ -308,6 +317,7 @@ pub fn validate_workload_entry(
         service_account,
         ports,
         mesh_port,
+        token_sha256,
         origin: origin.clone(),
     })
 }
@@ -322,6 +332,7 @@ pub fn assemble(documents: Vec<ParsedDocument>) -> (MeshConfig, Vec<Error>) {
     let mut vips: HashMap<IpAddr, (String, DocumentRef)> = HashMap::new();
     let mut workloads: HashMap<(String, String), DocumentRef> = HashMap::new();
     let mut addresses: HashMap<IpAddr, (String, DocumentRef)> = HashMap::new();
+    let mut tokens: HashMap<TokenDigest, (String, DocumentRef)> = HashMap::new();
 
     for document in documents {
         let origin = document.at;
@@ -390,6 +401,26 @@ pub fn assemble(documents: Vec<ParsedDocument>) -> (MeshConfig, Vec<Error>) {
                         .at(&origin),
                     );
                     continue;
+                }
+                if let Some(digest) = workload.token_sha256
+                    && let Some((owner, first)) = tokens.get(&digest)
+                {
+                    // One token must name one workload, or the CA could not
+                    // tell whose identity to sign.
+                    errors.push(
+                        FieldError::new(
+                            format!("metadata.annotations[{TOKEN_ANNOTATION}]"),
+                            format!(
+                                "is already the token digest of WorkloadEntry {owner} ({})",
+                                first.position()
+                            ),
+                        )
+                        .at(&origin),
+                    );
+                    continue;
+                }
+                if let Some(digest) = workload.token_sha256 {
+                    tokens.insert(digest, (id.clone(), origin.clone()));
                 }
                 workloads.insert(key, origin.clone());
                 addresses.insert(workload.address, (id, origin.clone()));

@@ -296,3 +296,58 @@ fn proxy_annotation_decides_the_mesh_port() {
         ]
     );
 }
+
+#[test]
+fn token_annotation_holds_a_sha256_digest_once_per_workload() {
+    let with_token = |name: &str, address: &str, value: &str| {
+        format!(
+            "apiVersion: mesh.knit.dev/v1alpha1\nkind: WorkloadEntry\nmetadata:\n  name: {name}\n  annotations:\n    mesh.knit.dev/token-sha256: \"{value}\"\nspec:\n  address: {address}\n"
+        )
+    };
+    let digest = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08";
+    let (config, errors) = load(&[("a.yaml", &with_token("p", "10.0.0.1", digest))]);
+    assert!(errors.is_empty(), "{errors:?}");
+    // SHA-256 of "test"; either case of hex is accepted.
+    assert_eq!(
+        config.workloads[0].token_sha256,
+        Some(TokenDigest::of_token("test"))
+    );
+    let (config, errors) = load(&[("a.yaml", &workload("p", "  address: 10.0.0.1\n"))]);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        config.workloads[0].token_sha256, None,
+        "no annotation, no token"
+    );
+
+    for bad in [
+        "abc",
+        "+f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        &"g".repeat(64),
+        "the-token-itself",
+    ] {
+        let (config, errors) = load(&[("a.yaml", &with_token("p", "10.0.0.1", bad))]);
+        assert!(config.workloads.is_empty(), "{bad}");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(&format!(
+                "config error: a.yaml doc 1 (WorkloadEntry default/p): metadata.annotations[mesh.knit.dev/token-sha256]: \"{bad}\" is not a SHA-256 digest"
+            )),
+            "{}",
+            errors[0]
+        );
+    }
+
+    let both = format!(
+        "{}---\n{}",
+        with_token("p", "10.0.0.1", digest),
+        with_token("q", "10.0.0.2", &digest.to_ascii_lowercase())
+    );
+    let (config, errors) = load(&[("a.yaml", &both)]);
+    assert_eq!(
+        errors,
+        [
+            "config error: a.yaml doc 2 (WorkloadEntry default/q): metadata.annotations[mesh.knit.dev/token-sha256]: is already the token digest of WorkloadEntry default/p (a.yaml doc 1)"
+        ]
+    );
+    assert_eq!(config.workloads.len(), 1);
+}
