@@ -91,6 +91,16 @@ pub fn service_yaml(
     out
 }
 
+/// What runs beside a workload, as its WorkloadEntry says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryProxy<'a> {
+    /// No Knit proxy: peers reach the pod directly.
+    None,
+    /// A Knit proxy, with the SHA-256 (hex) of its CA token when it has
+    /// one; knitd signs its certificate only for that token.
+    Knit { token_sha256: Option<&'a str> },
+}
+
 /// A `mesh.knit.dev/v1alpha1` WorkloadEntry standing in for a pod.
 pub fn workload_entry_yaml(
     name: &str,
@@ -99,16 +109,28 @@ pub fn workload_entry_yaml(
     labels: &BTreeMap<String, String>,
     service_account: &str,
     ports: &BTreeMap<String, u16>,
-    sidecar: bool,
+    proxy: EntryProxy<'_>,
 ) -> String {
     let mut out = String::new();
     out.push_str("apiVersion: mesh.knit.dev/v1alpha1\nkind: WorkloadEntry\nmetadata:\n");
     let _ = writeln!(out, "  name: {}", quote(name));
     let _ = writeln!(out, "  namespace: {}", quote(namespace));
-    if !sidecar {
+    match proxy {
         // Peers reach a pod without a Knit proxy directly, not through the
         // mesh port.
-        out.push_str("  annotations:\n    \"mesh.knit.dev/proxy\": \"none\"\n");
+        EntryProxy::None => out.push_str("  annotations:\n    \"mesh.knit.dev/proxy\": \"none\"\n"),
+        EntryProxy::Knit {
+            token_sha256: Some(digest),
+        } => {
+            out.push_str("  annotations:\n");
+            let _ = writeln!(
+                out,
+                "    {}: {}",
+                quote("mesh.knit.dev/token-sha256"),
+                quote(digest)
+            );
+        }
+        EntryProxy::Knit { token_sha256: None } => {}
     }
     out.push_str("spec:\n");
     let _ = writeln!(out, "  address: {}", quote(&address.to_string()));
@@ -343,7 +365,7 @@ spec:
             &BTreeMap::new(),
             "default",
             &BTreeMap::new(),
-            false,
+            EntryProxy::None,
         );
         let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
         assert_eq!(
@@ -367,7 +389,7 @@ spec:
             &labels,
             "backend",
             &ports,
-            true,
+            EntryProxy::Knit { token_sha256: None },
         );
         let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
         assert_eq!(
@@ -385,6 +407,28 @@ spec:
                 }
             })
         );
+    }
+
+    #[test]
+    fn workload_entry_carries_its_token_digest() {
+        let digest = "ab".repeat(32);
+        let yaml = workload_entry_yaml(
+            "web-0",
+            "shop",
+            Ipv4Addr::new(198, 18, 0, 12),
+            &BTreeMap::new(),
+            "web",
+            &BTreeMap::new(),
+            EntryProxy::Knit {
+                token_sha256: Some(&digest),
+            },
+        );
+        let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(
+            v["metadata"]["annotations"],
+            serde_json::json!({"mesh.knit.dev/token-sha256": digest})
+        );
+        assert_eq!(v["spec"]["serviceAccount"], "web");
     }
 
     #[test]

@@ -49,7 +49,12 @@ pub struct Pod {
     /// Extra arguments for the pod's knit-init and knit-proxy.
     pub init_args: Vec<String>,
     pub proxy_args: Vec<String>,
-    /// When the pod's WorkloadEntry landed in knitd's config dir.
+    /// The proxy's token for the mesh CA (sidecar pods): readable by uid
+    /// 1337 only; its SHA-256 is in the pod's WorkloadEntry.
+    pub token_file: Option<PathBuf>,
+    /// When the pod's WorkloadEntry landed in knitd's config dir. For a
+    /// sidecar pod that is before its proxy starts: the CA checks the
+    /// proxy's token against the entry.
     pub registered_at: Instant,
 }
 
@@ -359,7 +364,8 @@ impl Lab {
         &self.shared.node_ns
     }
 
-    /// The lab's directory: `config/` (knitd's), `logs/` and `tls/`.
+    /// The lab's directory: `config/` (knitd's), `logs/`, `tls/`,
+    /// `tokens/` (the proxies' CA tokens) and `knitd-state/` (the CA root).
     pub fn dir(&self) -> &Path {
         &self.shared.dir
     }
@@ -419,6 +425,12 @@ impl Lab {
 
     // ---- knitd ----
 
+    /// Where knitd keeps its CA root, so the root (and with it every
+    /// proxy's trust bundle) survives knitd restarts within the lab.
+    pub fn knitd_state_dir(&self) -> PathBuf {
+        self.shared.dir.join("knitd-state")
+    }
+
     /// Starts knitd in the node namespace and waits for `/healthz`.
     pub fn start_knitd(&mut self) -> Result<()> {
         if self.knitd_running() {
@@ -429,12 +441,16 @@ impl Lab {
         }
         let knitd = process::find_binary("knitd")?;
         let mut cmd = netns::exec_in(&self.shared.tools, &self.shared.node_ns, &knitd);
-        cmd.arg("--config-dir").arg(self.config_dir()).args([
-            "--grpc-addr",
-            KNITD_GRPC_ADDR,
-            "--http-addr",
-            KNITD_HTTP_ADDR,
-        ]);
+        cmd.arg("--config-dir")
+            .arg(self.config_dir())
+            .arg("--state-dir")
+            .arg(self.knitd_state_dir())
+            .args([
+                "--grpc-addr",
+                KNITD_GRPC_ADDR,
+                "--http-addr",
+                KNITD_HTTP_ADDR,
+            ]);
         default_log_env(&mut cmd);
         let log = self.logs_dir().join("knitd.log");
         let id = self.shared.spawn("knitd", cmd, &log, None)?;

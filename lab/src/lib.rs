@@ -52,6 +52,7 @@ pub mod tcp_apps;
 pub mod tcp_clients;
 pub mod tls;
 pub mod tls_client;
+mod token;
 mod wait;
 pub mod ws;
 

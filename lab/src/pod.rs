@@ -1,7 +1,7 @@
 //! Pods: a namespace wired to the node bridge, the echo app and any other
-//! apps, optionally the sidecar (knit-init + knit-proxy as uid 1337), a
-//! hosts file for service names, and the WorkloadEntry that tells knitd
-//! about it.
+//! apps, optionally the sidecar (knit-init + knit-proxy as uid 1337, with a
+//! token for the mesh CA), a hosts file for service names, and the
+//! WorkloadEntry that tells knitd about it.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::apps::AppSpec;
 use crate::cleanup;
-use crate::config;
+use crate::config::{self, EntryProxy};
 use crate::error::{LabError, Result};
 use crate::lab::{
     KNITD_GRPC_ADDR, Lab, MAX_INDEX, Pod, PodState, READY_TIMEOUT, default_log_env, index_to_ip,
@@ -18,6 +18,7 @@ use crate::lab::{
 use crate::netns;
 use crate::process::{self, run_capture};
 use crate::spec::PodSpec;
+use crate::token;
 
 /// uid and gid the proxy runs as; the capture rules exempt its traffic.
 pub const PROXY_UID: u32 = 1337;
@@ -65,6 +66,7 @@ impl Lab {
             sidecar: spec.sidecar,
             init_args: spec.init_args,
             proxy_args: spec.proxy_args,
+            token_file: None,
             registered_at: Instant::now(),
         };
         let name = pod.name.clone();
@@ -132,11 +134,37 @@ impl Lab {
             self.start_app(&pod, app)?;
         }
 
-        if let Some((init, proxy)) = sidecar {
-            self.run_init(&pod, &init)?;
-            self.start_proxy(&pod, &proxy)?;
+        match sidecar {
+            Some((init, proxy)) => {
+                self.run_init(&pod, &init)?;
+                // knitd signs the proxy's certificate only for a token whose
+                // digest a WorkloadEntry carries, so the entry goes first
+                // and the proxy starts after it.
+                let token = token::create(self.dir(), name, PROXY_UID)?;
+                self.register(
+                    &pod,
+                    named_ports,
+                    EntryProxy::Knit {
+                        token_sha256: Some(&token.sha256_hex),
+                    },
+                )?;
+                let state = self.pods.get_mut(name).ok_or_else(|| not_found(name))?;
+                state.pod.token_file = Some(token.path.clone());
+                let pod = state.pod.clone();
+                self.start_proxy(&pod, &proxy, &token.path)?;
+            }
+            None => self.register(&pod, named_ports, EntryProxy::None)?,
         }
+        self.pod(name).cloned()
+    }
 
+    /// Writes the pod's WorkloadEntry; `registered_at` is when it landed.
+    fn register(
+        &mut self,
+        pod: &Pod,
+        named_ports: &BTreeMap<String, u16>,
+        proxy: EntryProxy<'_>,
+    ) -> Result<()> {
         let entry = config::workload_entry_yaml(
             &pod.name,
             &pod.namespace,
@@ -144,12 +172,15 @@ impl Lab {
             &pod.labels,
             &pod.service_account,
             named_ports,
-            pod.sidecar,
+            proxy,
         );
-        self.write_config(&workload_entry_file(name), &entry)?;
-        let state = self.pods.get_mut(name).ok_or_else(|| not_found(name))?;
+        self.write_config(&workload_entry_file(&pod.name), &entry)?;
+        let state = self
+            .pods
+            .get_mut(&pod.name)
+            .ok_or_else(|| not_found(&pod.name))?;
         state.pod.registered_at = Instant::now();
-        Ok(state.pod.clone())
+        Ok(())
     }
 
     /// Starts one app and waits until its port listens in the pod.
@@ -199,7 +230,12 @@ impl Lab {
         }
     }
 
-    fn start_proxy(&mut self, pod: &Pod, proxy: &std::path::Path) -> Result<()> {
+    fn start_proxy(
+        &mut self,
+        pod: &Pod,
+        proxy: &std::path::Path,
+        token_file: &std::path::Path,
+    ) -> Result<()> {
         let tools = &self.shared.tools;
         let mut cmd = netns::exec_in(tools, &pod.netns, &tools.setpriv);
         cmd.arg(format!("--reuid={PROXY_UID}"))
@@ -219,6 +255,9 @@ impl Lab {
                 Some(ip6) => format!("{},{ip6}", pod.ip),
                 None => pod.ip.to_string(),
             })
+            .args(["--service-account", &pod.service_account])
+            .arg("--token-file")
+            .arg(token_file)
             .args(&pod.proxy_args);
         default_log_env(&mut cmd);
         let log = self.logs_dir().join(format!("{}.proxy.log", pod.name));
@@ -280,6 +319,8 @@ impl Lab {
             _ => Ok(()),
         };
         self.shared.stop(&state.processes, POD_STOP_GRACE);
+        // The entry is gone, so knitd no longer accepts the token anyway.
+        token::remove(self.dir(), name)?;
         let ns = &state.pod.netns;
         netns::kill_all_in(&self.shared.tools, ns)?;
         netns::delete(&self.shared.tools, ns)?;

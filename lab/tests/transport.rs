@@ -17,8 +17,9 @@ fn stat(lab: &Lab, pod: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{pod} has no stat {name}"))
 }
 
-/// Issue acceptance: 1000 HTTP/1.1 requests from 10 app connections use
-/// one HTTP/2 connection between the two proxies.
+/// 1000 HTTP/1.1 requests from 10 app connections use one HTTP/2
+/// connection between the two proxies; meshed pods with the default mode
+/// talk mutual TLS, and both proxies' metrics say so.
 #[test]
 fn app_connections_share_one_http2_connection_between_proxies() {
     let mut lab = new_lab("h2share");
@@ -33,12 +34,14 @@ fn app_connections_share_one_http2_connection_between_proxies() {
     lab.add_pod(
         PodSpec::new("backend-1")
             .label("app", "backend")
+            .service_account("backend")
             .sidecar(true),
     )
     .or_logs(&lab);
     lab.add_pod(
         PodSpec::new("frontend")
             .label("app", "frontend")
+            .service_account("frontend")
             .sidecar(true),
     )
     .or_logs(&lab);
@@ -87,7 +90,8 @@ fn app_connections_share_one_http2_connection_between_proxies() {
     // ...which arrived on the mesh port, not through inbound capture.
     assert_eq!(stat(&lab, "backend-1", "inbound.connections"), 0);
 
-    // Both proxies report the 1000 requests on /metrics (15090).
+    // Both proxies report the 1000 requests on /metrics (15090) as mutual
+    // TLS, each naming the other's proven SPIFFE identity.
     for (pod, reporter) in [("frontend", "source"), ("backend-1", "destination")] {
         let ip = lab.pod(pod).or_logs(&lab).ip;
         let metrics = lab
@@ -96,9 +100,10 @@ fn app_connections_share_one_http2_connection_between_proxies() {
         assert_eq!(metrics.status, 200);
         let want = format!(
             "knit_requests_total{{reporter=\"{reporter}\",source_workload=\"frontend\",source_namespace=\"default\",\
-             source_principal=\"unknown\",destination_service=\"backend.default.svc.cluster.local\",\
-             destination_workload=\"backend-1\",destination_namespace=\"default\",destination_principal=\"unknown\",\
-             connection_security_policy=\"none\",response_code=\"200\"}} 1000"
+             source_principal=\"spiffe://cluster.local/ns/default/sa/frontend\",\
+             destination_service=\"backend.default.svc.cluster.local\",destination_workload=\"backend-1\",\
+             destination_namespace=\"default\",destination_principal=\"spiffe://cluster.local/ns/default/sa/backend\",\
+             connection_security_policy=\"mutual_tls\",response_code=\"200\"}} 1000"
         );
         assert!(metrics.body.contains(&want), "{pod}: {}", metrics.body);
     }

@@ -87,6 +87,8 @@ fn respond(ctx: &ProxyContext, role: Role, req: &Request<Incoming>) -> Response<
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not ready: waiting for the first config from the control plane\n".into(),
                 )
+            } else if !ctx.has_identity_if_required() {
+                text(StatusCode::SERVICE_UNAVAILABLE, waiting_for_identity(ctx))
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -97,6 +99,23 @@ fn respond(ctx: &ProxyContext, role: Role, req: &Request<Incoming>) -> Response<
         (Role::Admin, "/config_dump") => json(&*ctx.config.load()),
         (Role::Admin, "/stats") => json(&serde_json::json!({ "counters": ctx.stats_map() })),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// Why there is no workload certificate, with the last failure when there
+/// was one (the operator's first question is "why not?").
+fn waiting_for_identity(ctx: &ProxyContext) -> String {
+    let last = ctx
+        .identity
+        .as_ref()
+        .and_then(|manager| manager.last_failure());
+    match last {
+        Some(failure) => format!(
+            "not ready: waiting for a workload certificate from the CA \
+             ({} failed attempt(s); last: {}: {})\n",
+            failure.consecutive, failure.reason, failure.message
+        ),
+        None => "not ready: waiting for a workload certificate from the CA\n".into(),
     }
 }
 

@@ -9,7 +9,11 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::snapshot::Snapshot;
+use std::net::SocketAddr;
+
+use crate::config::snapshot::Upstream;
 use crate::http::upstream::{PoolSettings, UpstreamPool};
+use crate::mesh::pool::MeshPool;
 use crate::stats::Stats;
 
 #[derive(Debug, Clone)]
@@ -128,7 +132,7 @@ pub struct Pools {
     /// To endpoints without a Knit proxy, and passthrough.
     pub direct: Arc<UpstreamPool>,
     /// To peer proxies' mesh ports: HTTP/2 only, one connection per peer.
-    pub mesh: Arc<UpstreamPool>,
+    pub mesh: Arc<MeshPool>,
     /// To this pod's app, from 127.0.0.6 so capture knows it is delivery.
     pub app: Arc<UpstreamPool>,
 }
@@ -148,7 +152,7 @@ impl Pools {
         };
         Pools {
             direct: UpstreamPool::new(settings.clone()),
-            mesh: UpstreamPool::new(settings.clone()),
+            mesh: Arc::new(MeshPool::new(connect_timeout)),
             app: UpstreamPool::new(PoolSettings {
                 local_bind: INBOUND_DELIVERY_SOURCES.to_vec(),
                 ..settings
@@ -175,6 +179,9 @@ pub struct ProxyContext {
     /// This pod's own IPs: an endpoint there is this pod, reached directly
     /// (capture turns that into a call through the inbound side).
     pub pod_ips: Vec<std::net::IpAddr>,
+    /// This workload's certificate and its renewal; `None` with identity
+    /// off (no certificate, plaintext mesh only).
+    pub identity: Option<Arc<crate::identity::IdentityManager>>,
 }
 
 impl ProxyContext {
@@ -191,20 +198,46 @@ impl ProxyContext {
             settings,
             listeners_bound: AtomicBool::new(false),
             pod_ips: Vec::new(),
+            identity: None,
         }
     }
 
-    /// How to reach `ep` from here: through its proxy, unless it is this
-    /// very pod.
+    /// How to reach `ep` from here: through its proxy (over mutual TLS
+    /// when this proxy has an identity), unless it is this very pod.
     pub fn upstream_for(
         &self,
         ep: &crate::config::snapshot::Endpoint,
-    ) -> crate::config::snapshot::Upstream {
-        if self.pod_ips.contains(&ep.addr.ip()) {
-            crate::config::snapshot::Upstream::Direct(ep.addr)
-        } else {
-            ep.upstream()
-        }
+    ) -> Result<Upstream, crate::error::Error> {
+        let Some(port) = ep
+            .mesh_port
+            .filter(|_| !self.pod_ips.contains(&ep.addr.ip()))
+        else {
+            return Ok(Upstream::Direct(ep.addr));
+        };
+        let identity = match self.identity.as_ref() {
+            None => None,
+            Some(manager) => Some(
+                crate::identity::SpiffeId::workload(
+                    manager.trust_domain(),
+                    &ep.namespace,
+                    &ep.service_account,
+                )
+                .map_err(|e| crate::error::Error::EndpointIdentity {
+                    workload: ep.workload.clone(),
+                    detail: e.to_string(),
+                })?,
+            ),
+        };
+        Ok(Upstream::Mesh {
+            peer: SocketAddr::new(ep.addr.ip(), port),
+            target_port: ep.addr.port(),
+            identity,
+        })
+    }
+
+    /// This proxy's current certificate, if it has one.
+    pub fn current_identity(&self) -> Option<Arc<crate::identity::WorkloadIdentity>> {
+        self.identity.as_ref().and_then(|m| m.current())
     }
 
     /// Counters plus the pools' connection counts.
@@ -214,10 +247,9 @@ impl ProxyContext {
             "upstream.direct.connections_opened".into(),
             self.pools.direct.connections_opened(),
         );
-        map.insert(
-            "upstream.mesh.connections_opened".into(),
-            self.pools.mesh.connections_opened(),
-        );
+        let (mesh, mesh_tls) = self.pools.mesh.connections_opened();
+        map.insert("upstream.mesh.connections_opened".into(), mesh);
+        map.insert("upstream.mesh.tls_connections_opened".into(), mesh_tls);
         map.insert(
             "upstream.app.connections_opened".into(),
             self.pools.app.connections_opened(),
@@ -225,7 +257,19 @@ impl ProxyContext {
         map
     }
 
+    /// Ready: the first config arrived, the listeners are bound, and (with
+    /// identity on) a workload certificate is held, since without one no
+    /// peer would accept a mesh connection from or to this pod.
     pub fn is_ready(&self) -> bool {
-        self.config.has_config() && self.listeners_bound.load(Ordering::Acquire)
+        self.config.has_config()
+            && self.listeners_bound.load(Ordering::Acquire)
+            && self.has_identity_if_required()
+    }
+
+    /// True with identity off, or when a certificate is held.
+    pub fn has_identity_if_required(&self) -> bool {
+        self.identity
+            .as_ref()
+            .is_none_or(|manager| manager.current().is_some())
     }
 }

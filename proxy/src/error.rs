@@ -55,6 +55,19 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("mutual TLS with peer proxy {peer} failed ({reason}): {detail}")]
+    MeshTls {
+        peer: SocketAddr,
+        reason: &'static str,
+        detail: String,
+    },
+
+    #[error("this proxy has no workload certificate yet")]
+    NoIdentity,
+
+    #[error("endpoint {workload} has no valid SPIFFE identity: {detail}")]
+    EndpointIdentity { workload: String, detail: String },
+
     #[error("connection to {addr} idle for {idle_secs} s; closed")]
     IdleTimeout { addr: SocketAddr, idle_secs: u64 },
 
@@ -115,6 +128,9 @@ impl Error {
             Error::Transfer { .. } => "stream_reset",
             Error::TunnelRefused { .. } => "tunnel_refused",
             Error::IdleTimeout { .. } => "idle_timeout",
+            Error::MeshTls { .. } => "mesh_tls_failed",
+            Error::NoIdentity => "identity_unavailable",
+            Error::EndpointIdentity { .. } => "invalid_endpoint_identity",
             Error::BadRequest(_) => "bad_request",
             Error::HeadersTooLarge(_) => "headers_too_large",
             Error::UriTooLong(_) => "uri_too_long",
@@ -135,7 +151,9 @@ impl Error {
             | Error::UpstreamRequest { .. }
             | Error::Transfer { .. }
             | Error::TunnelRefused { .. }
-            | Error::IdleTimeout { .. } => ErrorOrigin::Upstream,
+            | Error::IdleTimeout { .. }
+            | Error::MeshTls { .. } => ErrorOrigin::Upstream,
+            Error::NoIdentity | Error::EndpointIdentity { .. } => ErrorOrigin::Internal,
             Error::BadRequest(_)
             | Error::HeadersTooLarge(_)
             | Error::UriTooLong(_)
@@ -153,7 +171,8 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::UpstreamConnect { .. }
+            Error::MeshTls { .. }
+                | Error::UpstreamConnect { .. }
                 | Error::UpstreamConnectTimeout { .. }
                 | Error::UpstreamHandshake { .. }
         )

@@ -142,6 +142,7 @@ impl HttpHandler for InboundHttp {
                 direct: &self.ctx.pools.app,
                 direct_version: same_major_version(req.version()),
                 mesh: &self.ctx.pools.mesh,
+                identity: None,
                 fallback_authority: app.to_string(),
                 // One attempt: there is only one local app to try.
                 attempts: 1,

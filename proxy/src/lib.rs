@@ -64,6 +64,9 @@ pub struct ProxyOptions {
     /// Prometheus `/metrics`.
     pub metrics_addr: SocketAddr,
     pub settings: DataPathSettings,
+    /// How to obtain this workload's certificate from the mesh CA. `None`
+    /// (identity off): no certificate, plaintext mesh only.
+    pub identity: Option<identity::IdentityOptions>,
 }
 
 /// Binds every listener (failing fast if one cannot be bound), then serves
@@ -79,6 +82,18 @@ pub async fn run(opts: ProxyOptions, shutdown: impl Future<Output = ()>) -> Resu
             .parse::<std::net::IpAddr>()
             .map_err(|_| Error::InvalidConfig(format!("--pod-ips: {ip:?} is not an IP address")))?;
         ctx.pod_ips.push(parsed.to_canonical());
+    }
+    if let Some(identity) = &opts.identity {
+        // A bad CA URL or an identity that is no SPIFFE ID can never work:
+        // fail now instead of retrying forever.
+        let id = identity
+            .validate()
+            .map_err(|e| Error::InvalidConfig(format!("workload identity: {e}")))?;
+        info!(%id, ca = %identity.ca_url, "workload identity on; requesting a certificate");
+        ctx.identity = Some(identity::IdentityManager::with_expiry_gauges(
+            identity.clone(),
+            ctx.metrics.identity_expiry(),
+        ));
     }
     let ctx = Arc::new(ctx);
     let outbound = listener::bind("outbound listener", opts.outbound_addr).await?;
@@ -137,6 +152,9 @@ pub async fn run(opts: ProxyOptions, shutdown: impl Future<Output = ()>) -> Resu
     tasks.spawn(AdminServer::new(readiness, ctx.clone(), Role::Readiness).run());
     tasks.spawn(AdminServer::new(metrics, ctx.clone(), Role::Metrics).run());
     tasks.spawn(control_plane.run());
+    if let Some(manager) = &ctx.identity {
+        tasks.spawn(Arc::clone(manager).run());
+    }
     tokio::select! {
         _ = tasks.join_next() => tracing::error!("a proxy component stopped unexpectedly"),
         _ = shutdown => info!("shutting down"),

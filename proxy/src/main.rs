@@ -1,11 +1,22 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use knit_proxy::identity::{IdentityOptions, TrustDomain};
 use knit_proxy::{DataPathSettings, NodeIdentity, ProxyOptions};
+
+/// Whether the proxy gets a workload certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum IdentityMode {
+    /// Obtain and renew a certificate; ready only once one is held.
+    On,
+    /// No certificate: plaintext mesh only (tests, migration).
+    Off,
+}
 
 /// The Knit sidecar proxy. Runs as uid 1337 next to the app; knit-init's
 /// iptables rules send the pod's traffic through it.
@@ -22,8 +33,27 @@ struct Args {
     /// This pod's IPs, comma separated.
     #[arg(long, env = "POD_IPS", value_delimiter = ',')]
     pod_ips: Vec<String>,
+    /// The workload's service account; its certificate is for
+    /// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
     #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
     service_account: String,
+    /// Workload identity: `on` gets a certificate from the mesh CA (needs
+    /// --token-file), `off` runs with a plaintext mesh only.
+    #[arg(long, value_enum, default_value = "on")]
+    identity: IdentityMode,
+    /// File holding the bearer token for the mesh CA; re-read at every
+    /// renewal, so it can be rotated in place.
+    #[arg(long, env = "KNIT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The mesh CA's URL; --control-plane unless given.
+    #[arg(long, env = "KNIT_CA_URL")]
+    ca_url: Option<String>,
+    /// SPIFFE trust domain of the mesh (must match knitd's).
+    #[arg(long, default_value = "cluster.local", value_parser = parse_trust_domain)]
+    trust_domain: TrustDomain,
+    /// Certificate lifetime to ask for; the CA may grant less.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    cert_ttl_secs: u64,
     #[arg(long, default_value = "0.0.0.0:15001")]
     outbound_addr: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15006")]
@@ -86,6 +116,35 @@ struct Args {
     max_connections_per_listener: usize,
 }
 
+fn parse_trust_domain(s: &str) -> Result<TrustDomain, String> {
+    TrustDomain::new(s).map_err(|e| format!("the trust domain {e}"))
+}
+
+/// The identity options, or why the flags do not make sense together.
+fn identity_options(args: &Args) -> anyhow::Result<Option<IdentityOptions>> {
+    if args.identity == IdentityMode::Off {
+        return Ok(None);
+    }
+    let Some(token_file) = args.token_file.clone() else {
+        anyhow::bail!(
+            "--identity on needs --token-file (or KNIT_TOKEN_FILE): the mesh CA signs a \
+             certificate only for a caller it can authenticate; use --identity off for a \
+             proxy without one"
+        );
+    };
+    Ok(Some(IdentityOptions {
+        ca_url: args
+            .ca_url
+            .clone()
+            .unwrap_or_else(|| args.control_plane.clone()),
+        token_file: Some(token_file),
+        trust_domain: args.trust_domain.clone(),
+        namespace: args.namespace.clone(),
+        service_account: args.service_account.clone(),
+        requested_ttl: Duration::from_secs(args.cert_ttl_secs),
+    }))
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -100,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let identity = identity_options(&args)?;
     let opts = ProxyOptions {
         control_plane: args.control_plane,
         node: NodeIdentity {
@@ -133,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
             max_connections_per_listener: args.max_connections_per_listener,
             ..DataPathSettings::default()
         },
+        identity,
     };
     knit_proxy::run(opts, shutdown_signal())
         .await
@@ -150,6 +211,83 @@ async fn shutdown_signal() {
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let base = [
+            "knit-proxy",
+            "--control-plane",
+            "http://198.18.0.1:15010",
+            "--pod-name",
+            "web-0",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "web",
+        ];
+        Args::try_parse_from(base.iter().chain(extra)).expect("valid flags")
+    }
+
+    #[test]
+    fn identity_flags() {
+        let on = identity_options(&args(&["--token-file", "/var/run/knit/token"]))
+            .expect("valid")
+            .expect("identity on by default");
+        assert_eq!(
+            on.ca_url, "http://198.18.0.1:15010",
+            "the control plane by default"
+        );
+        assert_eq!(on.trust_domain.as_str(), "cluster.local");
+        assert_eq!(on.requested_ttl, Duration::from_secs(86_400));
+        assert_eq!(
+            (on.namespace.as_str(), on.service_account.as_str()),
+            ("shop", "web")
+        );
+
+        let custom = identity_options(&args(&[
+            "--token-file=/t",
+            "--ca-url=http://ca:15010",
+            "--trust-domain=example.org",
+            "--cert-ttl-secs=600",
+        ]))
+        .expect("valid")
+        .expect("on");
+        assert_eq!(custom.ca_url, "http://ca:15010");
+        assert_eq!(custom.trust_domain.as_str(), "example.org");
+        assert_eq!(custom.requested_ttl, Duration::from_secs(600));
+
+        assert!(
+            identity_options(&args(&["--identity", "off"]))
+                .expect("valid")
+                .is_none()
+        );
+        let err = identity_options(&args(&[])).expect_err("no token file");
+        assert!(err.to_string().contains("--token-file"), "{err}");
+
+        for bad in [
+            &["--trust-domain", "Example.org"][..],
+            &["--cert-ttl-secs", "0"],
+            &["--identity", "maybe"],
+        ] {
+            let base = [
+                "knit-proxy",
+                "--control-plane",
+                "x",
+                "--pod-name",
+                "p",
+                "--namespace",
+                "n",
+            ];
+            assert!(
+                Args::try_parse_from(base.iter().chain(bad)).is_err(),
+                "{bad:?}"
+            );
         }
     }
 }

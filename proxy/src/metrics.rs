@@ -3,9 +3,17 @@
 //! peer proxy sent (validated and bounded) — never from client input, so
 //! cardinality stays bounded by the mesh's size.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 /// Which proxy of the two reports a request.
@@ -51,6 +59,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     tcp_opened: Family<TrafficLabels, Counter>,
+    identity_expiry: Arc<IdentityExpiry>,
 }
 
 impl Default for Metrics {
@@ -68,10 +77,13 @@ impl Default for Metrics {
             "Opaque TCP connections and tunnels opened, by reporting proxy",
             tcp_opened.clone(),
         );
+        let identity_expiry = Arc::new(IdentityExpiry::default());
+        registry.register_collector(Box::new(Arc::clone(&identity_expiry)));
         Metrics {
             registry,
             requests,
             tcp_opened,
+            identity_expiry,
         }
     }
 }
@@ -90,12 +102,103 @@ impl Metrics {
         self.tcp_opened.get_or_create(&traffic).inc();
     }
 
+    /// Where the identity manager records its certificate's and bundle's
+    /// expiry, for `knit_identity_*_expiry_seconds`.
+    pub fn identity_expiry(&self) -> Arc<IdentityExpiry> {
+        Arc::clone(&self.identity_expiry)
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// When this proxy's workload certificate (the leaf's notAfter) and its
+/// trust bundle (the earliest root's notAfter) expire, as recorded on each
+/// issuance.
+///
+/// The gauges `knit_identity_cert_expiry_seconds` and
+/// `knit_identity_bundle_expiry_seconds` are computed from these at scrape
+/// time — seconds from the scrape to the expiry — so they count down
+/// between issuances without a timer, and an alert such as `< 3600` fires
+/// when renewal has been failing, whatever the scrape interval. Before the
+/// first certificate (and with identity off) neither gauge is exported: a
+/// 0 would read as "expires now". After an expiry they go negative, which
+/// says how long ago.
+#[derive(Debug)]
+pub struct IdentityExpiry {
+    /// Unix seconds; [`NOT_SET`] until the first issuance.
+    cert_not_after: AtomicI64,
+    bundle_not_after: AtomicI64,
+}
+
+/// No certificate yet.
+const NOT_SET: i64 = i64::MIN;
+
+impl Default for IdentityExpiry {
+    fn default() -> Self {
+        IdentityExpiry {
+            cert_not_after: AtomicI64::new(NOT_SET),
+            bundle_not_after: AtomicI64::new(NOT_SET),
+        }
+    }
+}
+
+impl IdentityExpiry {
+    /// Records a newly installed certificate and bundle.
+    pub fn record(&self, cert_not_after: SystemTime, bundle_not_after: SystemTime) {
+        self.cert_not_after
+            .store(unix_seconds(cert_not_after), Ordering::Relaxed);
+        self.bundle_not_after
+            .store(unix_seconds(bundle_not_after), Ordering::Relaxed);
+    }
+
+    /// Seconds from `now` until each expiry; `None` before the first
+    /// certificate.
+    pub fn remaining_at(&self, now: SystemTime) -> Option<(i64, i64)> {
+        let cert = self.cert_not_after.load(Ordering::Relaxed);
+        let bundle = self.bundle_not_after.load(Ordering::Relaxed);
+        if cert == NOT_SET || bundle == NOT_SET {
+            return None;
+        }
+        let now = unix_seconds(now);
+        Some((cert.saturating_sub(now), bundle.saturating_sub(now)))
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_secs()).map_or(i64::MIN + 1, |s| -s),
+    }
+}
+
+impl Collector for IdentityExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some((cert, bundle)) = self.remaining_at(SystemTime::now()) else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "knit_identity_cert_expiry_seconds",
+                "Seconds until this proxy's workload certificate expires (negative: expired)",
+                cert,
+            ),
+            (
+                "knit_identity_bundle_expiry_seconds",
+                "Seconds until the earliest root of the trust bundle expires (negative: expired)",
+                bundle,
+            ),
+        ] {
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
     }
 }
 
@@ -154,6 +257,41 @@ mod tests {
             text.contains("knit_tcp_connections_opened_total{reporter=\"destination\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn identity_gauges_count_down_from_the_recorded_expiry() {
+        let m = Metrics::default();
+        assert!(
+            !m.encode().contains("knit_identity_"),
+            "no gauge before the first certificate"
+        );
+        let now = SystemTime::now();
+        m.identity_expiry().record(
+            now + std::time::Duration::from_secs(3600),
+            now + std::time::Duration::from_secs(10 * 86400),
+        );
+        let (cert, bundle) = m.identity_expiry().remaining_at(now).expect("recorded");
+        assert_eq!((cert, bundle), (3600, 864_000));
+        let later = now + std::time::Duration::from_secs(3700);
+        assert_eq!(
+            m.identity_expiry().remaining_at(later).map(|r| r.0),
+            Some(-100)
+        );
+        let text = m.encode();
+        assert!(
+            text.contains("# TYPE knit_identity_cert_expiry_seconds gauge"),
+            "{text}"
+        );
+        let value = |name: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in {text}"))
+        };
+        // Computed at scrape time: a second or two may have passed.
+        assert!((3590..=3600).contains(&value("knit_identity_cert_expiry_seconds")));
+        assert!((863_990..=864_000).contains(&value("knit_identity_bundle_expiry_seconds")));
     }
 
     #[test]

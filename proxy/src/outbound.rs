@@ -15,7 +15,7 @@ use crate::config::snapshot::{DeclaredProtocol, Endpoint, ServiceTarget, Upstrea
 use crate::context::ProxyContext;
 use crate::detect::{Detected, detect, is_server_first};
 use crate::error::Error;
-use crate::http::forward::{Route, forward, same_major_version};
+use crate::http::forward::{Route, forward, mesh_tls, same_major_version};
 use crate::http::server::{HttpHandler, serve};
 use crate::http::upgrade::{forward_upgrade, is_upgrade};
 use crate::http::{Body, error_response, headers::strip_knit_headers};
@@ -64,7 +64,7 @@ pub async fn handle_connection(
         // Not a mesh service: pass it through untouched to where the app
         // was going.
         inc(&stats.passthrough_connections);
-        let result = match tcp::open(Upstream::Direct(orig_dst.0), &ctx.pools, &[]).await {
+        let result = match tcp::open(&Upstream::Direct(orig_dst.0), &ctx.pools, &None, &[]).await {
             Ok(up) => tcp::splice(stream, up, ctx.settings.tcp_idle_timeout)
                 .await
                 .map(|_| ()),
@@ -127,22 +127,28 @@ async fn forward_tcp_to_service(
     let stats = &ctx.stats.outbound;
     inc(&stats.tcp_connections);
     let metadata = source_metadata(&ctx.node, &target.hostname);
+    let identity = ctx.current_identity();
     let result = async {
         let mut attempt = 1;
-        let (upstream, ep) = loop {
+        let (connected, ep, upstream) = loop {
             let ep = target.pick().ok_or_else(|| Error::NoEndpoints {
                 service: target.service.clone(),
                 port: target.port,
             })?;
-            match tcp::open(ctx.upstream_for(ep), &ctx.pools, &metadata).await {
-                Ok(up) => break (up, ep),
+            let upstream = ctx.upstream_for(ep)?;
+            match tcp::open(&upstream, &ctx.pools, &identity, &metadata).await {
+                Ok(up) => break (up, ep, upstream),
                 Err(e) if e.is_retryable() && attempt < UPSTREAM_ATTEMPTS => attempt += 1,
                 Err(e) => return Err(e),
             }
         };
-        ctx.metrics
-            .tcp_opened(source_labels(ctx, &target.hostname, Some(ep)));
-        tcp::splice(stream, upstream, ctx.settings.tcp_idle_timeout)
+        ctx.metrics.tcp_opened(source_labels(
+            ctx,
+            &target.hostname,
+            Some(ep),
+            Some(&upstream),
+        ));
+        tcp::splice(stream, connected, ctx.settings.tcp_idle_timeout)
             .await
             .map(|_| ())
     }
@@ -153,19 +159,38 @@ async fn forward_tcp_to_service(
     }
 }
 
-/// Labels of traffic this proxy sends (reporter=source). Without mTLS no
-/// principal is known on either side.
-fn source_labels(ctx: &ProxyContext, service: &str, ep: Option<&Endpoint>) -> TrafficLabels {
+/// Labels of traffic this proxy sends (reporter=source). Principals are
+/// known only when the hop is mutual TLS: ours, and the one the peer had
+/// to prove.
+fn source_labels(
+    ctx: &ProxyContext,
+    service: &str,
+    ep: Option<&Endpoint>,
+    upstream: Option<&Upstream>,
+) -> TrafficLabels {
+    let peer_id = match upstream {
+        Some(Upstream::Mesh {
+            identity: Some(id), ..
+        }) => Some(id),
+        _ => None,
+    };
+    let own_id = peer_id
+        .and(ctx.current_identity())
+        .map(|own| own.id.to_string());
     TrafficLabels {
         reporter: Reporter::source,
         source_workload: ctx.node.workload.clone(),
         source_namespace: ctx.node.namespace.clone(),
-        source_principal: UNKNOWN.into(),
+        source_principal: own_id.unwrap_or_else(|| UNKNOWN.into()),
         destination_service: service.to_owned(),
         destination_workload: ep.map_or_else(|| UNKNOWN.into(), |ep| ep.workload.clone()),
         destination_namespace: ep.map_or_else(|| UNKNOWN.into(), |ep| ep.namespace.clone()),
-        destination_principal: UNKNOWN.into(),
-        connection_security_policy: SecurityPolicy::none,
+        destination_principal: peer_id.map_or_else(|| UNKNOWN.into(), ToString::to_string),
+        connection_security_policy: if peer_id.is_some() {
+            SecurityPolicy::mutual_tls
+        } else {
+            SecurityPolicy::none
+        },
     }
 }
 
@@ -182,7 +207,7 @@ impl OutboundHttp {
     fn pick(
         &self,
         target: Option<&ServiceTarget>,
-        picked: &mut Option<Endpoint>,
+        picked: &mut Option<(Endpoint, Upstream)>,
     ) -> Result<Upstream, Error> {
         match target {
             // The service disappeared under a live connection: go where the
@@ -193,8 +218,9 @@ impl OutboundHttp {
                     service: target.service.clone(),
                     port: target.port,
                 })?;
-                *picked = Some(ep.clone());
-                Ok(self.ctx.upstream_for(ep))
+                let upstream = self.ctx.upstream_for(ep)?;
+                *picked = Some((ep.clone(), upstream.clone()));
+                Ok(upstream)
             }
         }
     }
@@ -203,7 +229,7 @@ impl OutboundHttp {
         &self,
         mut req: Request<Incoming>,
         target: Option<&ServiceTarget>,
-        picked: &mut Option<Endpoint>,
+        picked: &mut Option<(Endpoint, Upstream)>,
     ) -> Result<Response<Body>, Error> {
         strip_knit_headers(req.headers_mut());
         let service = target.map_or(UNKNOWN, |t| t.hostname.as_str());
@@ -214,9 +240,16 @@ impl OutboundHttp {
                     let io = TokioIo::new(self.ctx.pools.direct.connect_stream(addr).await?);
                     forward_upgrade(io, req, addr).await
                 }
-                Upstream::Mesh { peer, target_port } => {
+                Upstream::Mesh {
+                    peer,
+                    target_port,
+                    identity,
+                } => {
+                    let own = self.ctx.current_identity();
+                    let tls = mesh_tls(&own, &identity)?;
                     let tunnel =
-                        open_tunnel(&self.ctx.pools.mesh, peer, target_port, &metadata).await?;
+                        open_tunnel(&self.ctx.pools.mesh, peer, tls, target_port, &metadata)
+                            .await?;
                     forward_upgrade(tunnel, req, peer).await
                 }
             };
@@ -229,6 +262,7 @@ impl OutboundHttp {
             direct: &self.ctx.pools.direct,
             direct_version: same_major_version(req.version()),
             mesh: &self.ctx.pools.mesh,
+            identity: self.ctx.current_identity(),
             fallback_authority: self.orig_dst.to_string(),
             attempts: UPSTREAM_ATTEMPTS,
         };
@@ -259,8 +293,12 @@ impl HttpHandler for OutboundHttp {
             }
         };
         let service = target.as_deref().map_or(UNKNOWN, |t| t.hostname.as_str());
+        let (ep, upstream) = match &picked {
+            Some((ep, upstream)) => (Some(ep), Some(upstream)),
+            None => (None, None),
+        };
         self.ctx.metrics.request(
-            source_labels(&self.ctx, service, picked.as_ref()),
+            source_labels(&self.ctx, service, ep, upstream),
             resp.status().as_u16(),
         );
         resp

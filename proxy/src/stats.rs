@@ -29,7 +29,7 @@ pub struct ErrorCounters {
     counts: [AtomicU64; ERROR_REASONS.len()],
 }
 
-pub const ERROR_REASONS: [&str; 12] = [
+pub const ERROR_REASONS: [&str; 15] = [
     "no_endpoints",
     "upstream_connect_failed",
     "upstream_connect_timeout",
@@ -38,6 +38,9 @@ pub const ERROR_REASONS: [&str; 12] = [
     "stream_reset",
     "tunnel_refused",
     "idle_timeout",
+    "mesh_tls_failed",
+    "identity_unavailable",
+    "invalid_endpoint_identity",
     "bad_request",
     "original_dst_unavailable",
     "self_loop",

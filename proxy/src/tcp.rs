@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,6 +17,8 @@ use tokio::time::Instant;
 use crate::config::snapshot::Upstream;
 use crate::context::Pools;
 use crate::error::Error;
+use crate::http::forward::mesh_tls;
+use crate::identity::WorkloadIdentity;
 use crate::mesh::client::open_tunnel;
 
 /// An established upstream byte stream.
@@ -29,18 +32,24 @@ pub enum Connected {
 /// the peer proxy. Nothing of the client's has been sent yet, so a failure
 /// here may be retried elsewhere.
 pub async fn open(
-    upstream: Upstream,
+    upstream: &Upstream,
     pools: &Pools,
+    identity: &Option<Arc<WorkloadIdentity>>,
     metadata: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<Connected, Error> {
     match upstream {
         Upstream::Direct(addr) => Ok(Connected::Direct(
-            pools.direct.connect_stream(addr).await?,
-            addr,
+            pools.direct.connect_stream(*addr).await?,
+            *addr,
         )),
-        Upstream::Mesh { peer, target_port } => {
-            let tunnel = open_tunnel(&pools.mesh, peer, target_port, metadata).await?;
-            Ok(Connected::Tunnel(TokioIo::new(tunnel), peer))
+        Upstream::Mesh {
+            peer,
+            target_port,
+            identity: expected,
+        } => {
+            let tls = mesh_tls(identity, expected)?;
+            let tunnel = open_tunnel(&pools.mesh, *peer, tls, *target_port, metadata).await?;
+            Ok(Connected::Tunnel(TokioIo::new(tunnel), *peer))
         }
     }
 }

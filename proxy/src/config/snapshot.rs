@@ -48,33 +48,34 @@ pub struct Endpoint {
     pub mesh_port: Option<u16>,
 }
 
-impl Endpoint {
-    /// How to reach this endpoint: through its proxy when it has one.
-    pub fn upstream(&self) -> Upstream {
-        match self.mesh_port {
-            Some(port) => Upstream::Mesh {
-                peer: SocketAddr::new(self.addr.ip(), port),
-                target_port: self.addr.port(),
-            },
-            None => Upstream::Direct(self.addr),
-        }
-    }
-}
-
 /// Where a request or connection goes next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upstream {
-    /// Straight to this address (no Knit proxy there).
+    /// Straight to this address (no Knit proxy there, or this very pod).
     Direct(SocketAddr),
-    /// To the peer proxy's mesh port, for the app port `target_port`.
-    Mesh { peer: SocketAddr, target_port: u16 },
+    /// To the peer proxy's mesh port, for the app port `target_port`; over
+    /// mutual TLS when `identity` names who the peer must be.
+    Mesh {
+        peer: SocketAddr,
+        target_port: u16,
+        identity: Option<crate::identity::SpiffeId>,
+    },
 }
 
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Upstream::Direct(addr) => write!(f, "{addr}"),
-            Upstream::Mesh { peer, target_port } => write!(f, "{peer} (mesh, port {target_port})"),
+            Upstream::Mesh {
+                peer,
+                target_port,
+                identity: Some(id),
+            } => write!(f, "{peer} (mesh, port {target_port}, {id})"),
+            Upstream::Mesh {
+                peer,
+                target_port,
+                identity: None,
+            } => write!(f, "{peer} (mesh, port {target_port}, plaintext)"),
         }
     }
 }

@@ -3,7 +3,6 @@
 //! or a peer proxy's mesh port, where the request rides the shared HTTP/2
 //! connection and says which app port it is for.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, Version};
@@ -13,17 +12,21 @@ use tracing::debug;
 
 use super::Body;
 use super::headers::{prepare_for_upstream, strip_hop_by_hop, strip_knit_headers};
-use super::upstream::{SendError, UpstreamPool};
+use super::upstream::UpstreamPool;
 use crate::config::snapshot::Upstream;
 use crate::error::Error;
+use crate::identity::{SpiffeId, WorkloadIdentity};
+use crate::mesh::pool::MeshPool;
 use crate::mesh::{ORIG_PROTO_HEADER, TARGET_PORT_HEADER};
 
 /// Where requests go and how: the pool for direct upstreams and the
-/// HTTP version to use there, and the pool for peer proxies.
+/// HTTP version to use there, the peer-proxy pool, and this proxy's
+/// certificate for mutual TLS with peers.
 pub struct Route<'a> {
     pub direct: &'a Arc<UpstreamPool>,
     pub direct_version: Version,
-    pub mesh: &'a Arc<UpstreamPool>,
+    pub mesh: &'a MeshPool,
+    pub identity: Option<Arc<WorkloadIdentity>>,
     /// Stands in for a missing Host header (HTTP/1.0 clients).
     pub fallback_authority: String,
     /// Connection attempts per request, the first included.
@@ -40,6 +43,20 @@ pub fn same_major_version(downstream: Version) -> Version {
     }
 }
 
+/// The (certificate, expected peer) pair for a mesh hop, or `None` for a
+/// plaintext one. An expected identity without our own certificate is an
+/// error, never a silent downgrade to plaintext.
+pub fn mesh_tls<'a>(
+    identity: &'a Option<Arc<WorkloadIdentity>>,
+    expected: &'a Option<SpiffeId>,
+) -> Result<Option<(&'a WorkloadIdentity, &'a SpiffeId)>, Error> {
+    match (identity, expected) {
+        (_, None) => Ok(None),
+        (Some(own), Some(expected)) => Ok(Some((own.as_ref(), expected))),
+        (None, Some(_)) => Err(Error::NoIdentity),
+    }
+}
+
 /// Sends `req` to the upstream `pick` chooses. When a connection attempt
 /// fails before the request left the proxy, `pick` is asked again, up to
 /// `route.attempts` times in all: a restarting pod costs a retry, not a 503.
@@ -53,18 +70,30 @@ pub async fn forward(
     let mut attempt = 1;
     let resp = loop {
         let upstream = pick()?;
-        let (pool, addr) = shape(route, &mut req, upstream, downstream_version)?;
-        match pool.send(addr, req).await {
+        shape(route, &mut req, &upstream, downstream_version)?;
+        let sent = match &upstream {
+            Upstream::Direct(addr) => route
+                .direct
+                .send(*addr, req)
+                .await
+                .map_err(|e| (e.error, e.unsent)),
+            Upstream::Mesh { peer, identity, .. } => {
+                let tls = mesh_tls(&route.identity, identity)?;
+                route
+                    .mesh
+                    .send(*peer, tls, req)
+                    .await
+                    .map_err(|e| (e.error, e.unsent))
+            }
+        };
+        match sent {
             Ok(resp) => break resp,
-            Err(SendError {
-                error,
-                unsent: Some(unsent),
-            }) if attempt < route.attempts && error.is_retryable() => {
+            Err((error, Some(unsent))) if attempt < route.attempts && error.is_retryable() => {
                 debug!(%upstream, attempt, error = %error, "retrying on another endpoint");
                 req = unsent;
                 attempt += 1;
             }
-            Err(SendError { error, .. }) => return Err(error),
+            Err((error, _)) => return Err(error),
         }
     };
     let (mut parts, body) = resp.into_parts();
@@ -73,32 +102,30 @@ pub async fn forward(
     Ok(Response::from_parts(parts, body.boxed()))
 }
 
-/// Puts the request in the form `upstream` needs; returns the pool and the
-/// address to send it to.
-fn shape<'a>(
-    route: &Route<'a>,
+/// Puts the request in the form `upstream` needs.
+fn shape(
+    route: &Route<'_>,
     req: &mut Request<Body>,
-    upstream: Upstream,
+    upstream: &Upstream,
     downstream_version: Version,
-) -> Result<(&'a Arc<UpstreamPool>, SocketAddr), Error> {
+) -> Result<(), Error> {
     match upstream {
-        Upstream::Direct(addr) => {
+        Upstream::Direct(_) => {
             prepare_for_upstream(req, route.direct_version, &route.fallback_authority)?;
             // Mesh metadata is for proxies; an app never sees it.
             strip_knit_headers(req.headers_mut());
-            Ok((route.direct, addr))
         }
-        Upstream::Mesh { peer, target_port } => {
+        Upstream::Mesh { target_port, .. } => {
             prepare_for_upstream(req, Version::HTTP_2, &route.fallback_authority)?;
             let headers = req.headers_mut();
-            headers.insert(TARGET_PORT_HEADER, HeaderValue::from(target_port));
+            headers.insert(TARGET_PORT_HEADER, HeaderValue::from(*target_port));
             if downstream_version == Version::HTTP_2 {
                 headers.remove(ORIG_PROTO_HEADER);
             } else {
                 // The peer delivers HTTP/1.1 to its app, as our app spoke it.
                 headers.insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.1"));
             }
-            Ok((route.mesh, peer))
         }
     }
+    Ok(())
 }

@@ -291,7 +291,11 @@ fn http2_builder(limits: &HttpLimits) -> http2::Builder<TokioExecutor> {
 
 /// Serves an HTTP/2 connection (prior knowledge: the preface is the first
 /// thing on `stream`).
-pub async fn serve_http2<H: HttpHandler>(stream: TcpStream, handler: Arc<H>, limits: &HttpLimits) {
+pub async fn serve_http2<H, S>(stream: S, handler: Arc<H>, limits: &HttpLimits)
+where
+    H: HttpHandler,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let resets = Arc::new(ResetWatch::new(limits.h2_max_premature_resets));
     let request_limits = limits.head;
     let service = {

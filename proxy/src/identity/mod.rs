@@ -20,11 +20,16 @@
 
 mod bundle;
 mod config;
+pub mod csr;
+pub mod manager;
+pub mod sign;
 mod spiffe;
 mod verify;
 
 pub use bundle::TrustBundle;
 pub use config::{client_config, server_config};
+pub use manager::{IdentityManager, IdentityOptions, WorkloadIdentity};
+pub use sign::IssueError;
 pub use spiffe::{MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, SpiffeIdError, TrustDomain};
 pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier, peer_identity};
 

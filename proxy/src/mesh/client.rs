@@ -1,20 +1,21 @@
 //! Opening tunnels to a peer proxy over the shared HTTP/2 connection.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use http::{Method, Request, Version};
 use hyper::upgrade::Upgraded;
 
 use crate::error::Error;
 use crate::http::full_body;
-use crate::http::upstream::UpstreamPool;
+use crate::identity::{SpiffeId, WorkloadIdentity};
+use crate::mesh::pool::MeshPool;
 
 /// A byte stream to `target_port` on the peer's pod, as a CONNECT stream on
-/// the (shared) connection to `peer`.
+/// the (shared) connection to `peer`, mutual TLS when `tls` is given.
 pub async fn open_tunnel(
-    pool: &Arc<UpstreamPool>,
+    pool: &MeshPool,
     peer: SocketAddr,
+    tls: Option<(&WorkloadIdentity, &SpiffeId)>,
     target_port: u16,
     metadata: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<Upgraded, Error> {
@@ -28,7 +29,7 @@ pub async fn open_tunnel(
     for (name, value) in metadata {
         req.headers_mut().insert(name.clone(), value.clone());
     }
-    let mut resp = pool.send(peer, req).await.map_err(|e| e.error)?;
+    let mut resp = pool.send(peer, tls, req).await.map_err(|e| e.error)?;
     if !resp.status().is_success() {
         let reason = resp
             .headers()

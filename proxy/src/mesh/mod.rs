@@ -10,6 +10,7 @@
 //! mTLS wraps this one connection type.
 
 pub mod client;
+pub mod pool;
 pub mod server;
 
 pub const MESH_PORT: u16 = 15008;

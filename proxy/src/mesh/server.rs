@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::http::forward::{Route, forward};
 use crate::http::server::{HttpHandler, HttpLimits, serve_http2};
 use crate::http::{Body, error_response, full_body};
+use crate::identity::{SpiffeId, peer_identity, rejection_reason};
 use crate::listener::{ConnectionLimit, spawn_in_slot};
 use crate::metrics::{Reporter, SecurityPolicy, TrafficLabels, UNKNOWN, mesh_name};
 use crate::stats::inc;
@@ -61,17 +62,56 @@ impl MeshListener {
             };
             let _ = stream.set_nodelay(true);
             inc(&self.ctx.stats.mesh.connections);
-            let handler = Arc::new(MeshInbound {
-                ctx: self.ctx.clone(),
-                client: ClientAddr(peer),
-                pod_ip: local.ip().to_canonical(),
-            });
+            let ctx = self.ctx.clone();
             // The same HTTP/2 settings and abuse limits as the downstream
             // servers: a peer proxy is trusted no more than its pod.
-            spawn_in_slot(
-                slot,
-                async move { serve_http2(stream, handler, &limits).await },
-            );
+            spawn_in_slot(slot, async move {
+                let client = ClientAddr(peer);
+                let pod_ip = local.ip().to_canonical();
+                if starts_with_tls(&stream).await {
+                    let Some(own) = ctx.current_identity() else {
+                        let e = Error::NoIdentity;
+                        ctx.stats.mesh.errors.record(e.reason());
+                        warn!(%client, reason = e.reason(), "mutual TLS from a peer refused: no certificate yet");
+                        return;
+                    };
+                    match tokio_rustls::TlsAcceptor::from(own.server_config.clone())
+                        .accept(stream)
+                        .await
+                    {
+                        Ok(tls) => {
+                            // The verifier already checked the chain and
+                            // the SAN; this reads the proven identity.
+                            let peer_id = peer_identity(tls.get_ref().1).ok();
+                            let handler = Arc::new(MeshInbound {
+                                ctx,
+                                client,
+                                pod_ip,
+                                peer_id,
+                                own_id: Some(own.id.clone()),
+                            });
+                            serve_http2(tls, handler, &limits).await;
+                        }
+                        Err(e) => {
+                            let reason = e
+                                .get_ref()
+                                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                                .map_or("tls_handshake_failed", rejection_reason);
+                            ctx.stats.mesh.errors.record("mesh_tls_failed");
+                            warn!(%client, reason, error = %e, "mutual TLS from a peer failed");
+                        }
+                    }
+                } else {
+                    let handler = Arc::new(MeshInbound {
+                        ctx,
+                        client,
+                        pod_ip,
+                        peer_id: None,
+                        own_id: None,
+                    });
+                    serve_http2(stream, handler, &limits).await;
+                }
+            });
         }
     }
 }
@@ -90,12 +130,30 @@ struct MeshInbound {
     client: ClientAddr,
     /// The address the peer connected to: this pod's IP.
     pod_ip: IpAddr,
+    /// The peer's proven identity (mutual TLS), and ours on that connection.
+    peer_id: Option<SpiffeId>,
+    own_id: Option<SpiffeId>,
+}
+
+/// Whether the connection opens with a TLS handshake record (mutual TLS
+/// from a peer); anything else is plaintext HTTP/2.
+async fn starts_with_tls(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == 0x16
+    )
 }
 
 impl MeshInbound {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let stats = &self.ctx.stats.mesh;
-        let labels = destination_labels(&self.ctx, req.headers());
+        let mut labels = destination_labels(&self.ctx, req.headers());
+        if let (Some(peer), Some(own)) = (&self.peer_id, &self.own_id) {
+            labels.source_principal = peer.to_string();
+            labels.destination_principal = own.to_string();
+            labels.connection_security_policy = SecurityPolicy::mutual_tls;
+        }
         let is_tunnel = req.method() == Method::CONNECT;
         let result = if is_tunnel {
             inc(&stats.tunnels);
@@ -145,6 +203,7 @@ impl MeshInbound {
             direct: &self.ctx.pools.app,
             direct_version: app_version,
             mesh: &self.ctx.pools.mesh,
+            identity: None,
             fallback_authority: app.to_string(),
             attempts: 1,
         };

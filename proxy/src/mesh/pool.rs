@@ -1,0 +1,181 @@
+//! Connections to peer proxies: HTTP/2 only, one per (peer, identity the
+//! peer must prove), opened single-flight. With a workload identity the
+//! connection is mutual TLS that accepts only the expected SPIFFE ID;
+//! without one (identity off) it is plaintext.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info};
+
+use crate::error::Error;
+use crate::http::Body;
+use crate::http::upstream::connect_tcp;
+use crate::identity::{SpiffeId, WorkloadIdentity, rejection_reason};
+
+/// The identity a peer must prove, or `None` for plaintext.
+pub type Expected = Option<SpiffeId>;
+
+type Slot = tokio::sync::Mutex<Option<http2::SendRequest<Body>>>;
+
+pub struct MeshPool {
+    connect_timeout: Duration,
+    slots: Mutex<HashMap<(SocketAddr, Expected), Arc<Slot>>>,
+    opened: AtomicU64,
+    opened_tls: AtomicU64,
+}
+
+/// A request the pool could not send; `unsent` when it never left.
+pub struct MeshSendError {
+    pub error: Error,
+    pub unsent: Option<Request<Body>>,
+}
+
+impl MeshPool {
+    pub fn new(connect_timeout: Duration) -> Self {
+        MeshPool {
+            connect_timeout,
+            slots: Mutex::new(HashMap::new()),
+            opened: AtomicU64::new(0),
+            opened_tls: AtomicU64::new(0),
+        }
+    }
+
+    /// Connections opened to peers, and how many of them were mutual TLS.
+    pub fn connections_opened(&self) -> (u64, u64) {
+        (
+            self.opened.load(Ordering::Relaxed),
+            self.opened_tls.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Sends `req` (HTTP/2 form) on the shared connection to `peer`,
+    /// proving `identity` when the peer must be `expected`.
+    pub async fn send(
+        &self,
+        peer: SocketAddr,
+        tls: Option<(&WorkloadIdentity, &SpiffeId)>,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, MeshSendError> {
+        let mut req = req;
+        // The shared connection, then (if it was gone before our request
+        // left) one fresh one.
+        for _ in 0..2 {
+            let mut sender = match self.sender(peer, tls).await {
+                Ok(sender) => sender,
+                Err(error) => {
+                    return Err(MeshSendError {
+                        error,
+                        unsent: Some(req),
+                    });
+                }
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => {
+                        let error = Error::UpstreamRequest {
+                            addr: peer,
+                            source: err.into_error(),
+                        };
+                        return Err(MeshSendError {
+                            error,
+                            unsent: None,
+                        });
+                    }
+                },
+            }
+        }
+        let source = std::io::Error::other("connection to the peer proxy closed twice in a row");
+        Err(MeshSendError {
+            error: Error::UpstreamConnect { addr: peer, source },
+            unsent: Some(req),
+        })
+    }
+
+    async fn sender(
+        &self,
+        peer: SocketAddr,
+        tls: Option<(&WorkloadIdentity, &SpiffeId)>,
+    ) -> Result<http2::SendRequest<Body>, Error> {
+        let key = (peer, tls.map(|(_, expected)| expected.clone()));
+        let slot = self
+            .slots
+            .lock()
+            .expect("mesh pool lock poisoned")
+            .entry(key)
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(sender) = slot.as_ref().filter(|s| s.is_ready() && !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        let tcp = connect_tcp(peer, self.connect_timeout).await?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        let sender = match tls {
+            None => handshake(peer, tcp).await?,
+            Some((identity, expected)) => {
+                let config = identity
+                    .client_config(expected)
+                    .map_err(|e| Error::MeshTls {
+                        peer,
+                        reason: e.reason(),
+                        detail: e.to_string(),
+                    })?;
+                // The name is not sent (no SNI) and not used for identity:
+                // the verifier checks the SPIFFE ID.
+                let name = ServerName::IpAddress(peer.ip().into());
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| mesh_tls_error(peer, &e))?;
+                self.opened_tls.fetch_add(1, Ordering::Relaxed);
+                info!(%peer, expected = %expected, "mutual TLS to peer proxy established");
+                handshake(peer, stream).await?
+            }
+        };
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+}
+
+async fn handshake<T>(peer: SocketAddr, io: T) -> Result<http2::SendRequest<Body>, Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| Error::UpstreamHandshake { addr: peer, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(%peer, error = %e, "connection to peer proxy ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// A TLS failure toward a peer, with the verifier's reason when it was one.
+fn mesh_tls_error(peer: SocketAddr, err: &std::io::Error) -> Error {
+    let reason = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map_or("tls_handshake_failed", rejection_reason);
+    Error::MeshTls {
+        peer,
+        reason,
+        detail: err.to_string(),
+    }
+}
