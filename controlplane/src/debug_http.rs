@@ -61,6 +61,8 @@ pub struct DebugSources {
     pub ca: Arc<CertificateAuthority>,
     /// knitd's TLS serving certificate, when the TLS server runs.
     pub serving: Option<Arc<ServingCert>>,
+    /// The mesh root namespace, for `/debug/mtls`.
+    pub root_namespace: String,
 }
 
 /// `/debug/ca`: the CA, its bundle and knitd's own certificate; only
@@ -83,6 +85,7 @@ pub fn route(method: &Method, path: &str, sources: &DebugSources) -> Reply {
             | "/debug/errors"
             | "/debug/warnings"
             | "/debug/ca"
+            | "/debug/mtls"
     );
     if !known {
         return Reply::text(StatusCode::NOT_FOUND, format!("no such page: {path}\n"));
@@ -98,6 +101,7 @@ pub fn route(method: &Method, path: &str, sources: &DebugSources) -> Reply {
             ca: sources.ca.view(),
             serving_certificate: sources.serving.as_ref().map(|s| s.summary()),
         }),
+        "/debug/mtls" => Reply::json(&crate::mtls::view(&state.mtls(), &sources.root_namespace)),
         "/debug/errors" => Reply::json(&state.report().errors),
         _ => Reply::json(&state.report().warnings),
     }
@@ -185,6 +189,7 @@ mod tests {
             registry: Arc::clone(&registry),
             ca: Arc::clone(&ca),
             serving: None,
+            root_namespace: crate::model::DEFAULT_ROOT_NAMESPACE.to_owned(),
         };
         let _proxy = registry.register(pb::Node {
             pod_name: "web-a".to_owned(),
@@ -233,6 +238,109 @@ mod tests {
         );
         assert_eq!(
             route(&Method::POST, "/healthz", &sources).status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    /// `/debug/mtls` shows what knitd computed from the config directory.
+    #[test]
+    fn mtls_page_shows_each_workload_entry() {
+        let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("tempdir: {err}"));
+        let yaml = "\
+apiVersion: mesh.knit.dev/v1alpha1
+kind: WorkloadEntry
+metadata:
+  name: web-a
+  namespace: shop
+spec:
+  address: 10.0.0.1
+  labels:
+    app: web
+  ports:
+    http: 8080
+    metrics: 9090
+---
+apiVersion: mesh.knit.dev/v1alpha1
+kind: WorkloadEntry
+metadata:
+  name: db-a
+  namespace: data
+spec:
+  address: 10.0.0.2
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: mesh-root
+spec:
+  mtls:
+    mode: STRICT
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: web
+  portLevelMtls:
+    9090:
+      mode: PERMISSIVE
+";
+        std::fs::write(dir.path().join("mesh.yaml"), yaml)
+            .unwrap_or_else(|err| panic!("write: {err}"));
+        let state = Arc::new(ConfigState::new(Snapshot::empty()));
+        crate::watch::apply(&state, crate::watch::compile_dir(dir.path()));
+        assert!(state.report().errors.is_empty(), "{:?}", state.report());
+        let ca = match CertificateAuthority::open(&crate::ca::CaOptions::default()) {
+            Ok(ca) => Arc::new(ca),
+            Err(err) => panic!("{err}"),
+        };
+        let sources = DebugSources {
+            state,
+            registry: ProxyRegistry::new(),
+            ca,
+            serving: None,
+            root_namespace: "mesh-root".to_owned(),
+        };
+        let reply = route(&Method::GET, "/debug/mtls", &sources);
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.content_type, "application/json");
+        let page: serde_json::Value =
+            serde_json::from_str(&reply.body).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(
+            page,
+            serde_json::json!([
+                {
+                    "namespace": "shop",
+                    "name": "web-a",
+                    "default": "STRICT",
+                    "ports": [
+                        {"name": "http", "port": 8080, "mode": "STRICT"},
+                        {"name": "metrics", "port": 9090, "mode": "PERMISSIVE"},
+                    ],
+                    "port_overrides": {"9090": "PERMISSIVE"},
+                    "mesh_policy": "mesh-root/default",
+                    "namespace_policy": null,
+                    "workload_policy": "shop/web",
+                },
+                {
+                    "namespace": "data",
+                    "name": "db-a",
+                    "default": "STRICT",
+                    "ports": [],
+                    "port_overrides": {},
+                    "mesh_policy": "mesh-root/default",
+                    "namespace_policy": null,
+                    "workload_policy": null,
+                },
+            ])
+        );
+        assert_eq!(
+            route(&Method::POST, "/debug/mtls", &sources).status,
             StatusCode::METHOD_NOT_ALLOWED
         );
     }

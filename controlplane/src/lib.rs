@@ -18,6 +18,7 @@ pub mod debug_http;
 pub mod discovery;
 pub mod error;
 pub mod model;
+pub mod mtls;
 pub mod registry;
 pub mod shutdown;
 pub mod snapshot;
@@ -71,6 +72,9 @@ pub struct KnitdOptions {
     pub http_addr: SocketAddr,
     pub poll_interval: Duration,
     pub ca: CaOptions,
+    /// The mesh root namespace: a PeerAuthentication there without a
+    /// selector is mesh-wide.
+    pub root_namespace: String,
 }
 
 impl KnitdOptions {
@@ -85,6 +89,7 @@ impl KnitdOptions {
             http_addr: SocketAddr::from(([0, 0, 0, 0], 15014)),
             poll_interval: DEFAULT_POLL_INTERVAL,
             ca: CaOptions::default(),
+            root_namespace: model::DEFAULT_ROOT_NAMESPACE.to_owned(),
         }
     }
 }
@@ -220,6 +225,7 @@ impl Knitd {
                     registry: Arc::clone(&registry),
                     ca: Arc::clone(&ca),
                     serving,
+                    root_namespace: options.root_namespace.clone(),
                 },
                 stopped,
             );

@@ -182,9 +182,56 @@ pub const PROXY_ANNOTATION: &str = "mesh.knit.dev/proxy";
 /// The port a Knit proxy accepts mesh HTTP/2 on.
 pub const MESH_PORT: u16 = 15008;
 
+/// The mesh root namespace unless `--root-namespace` says otherwise: a
+/// PeerAuthentication there without a selector is mesh-wide.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "knit-system";
+
+/// An effective mutual TLS mode (Istio's, without `UNSET`: that only exists
+/// in config and always resolves to one of these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum MtlsMode {
+    /// Plain text only.
+    #[serde(rename = "DISABLE")]
+    Disable,
+    /// Mutual TLS or plain text (also what applies when nothing is set).
+    #[serde(rename = "PERMISSIVE")]
+    Permissive,
+    /// Mutual TLS only.
+    #[serde(rename = "STRICT")]
+    Strict,
+}
+
+impl fmt::Display for MtlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MtlsMode::Disable => "DISABLE",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Strict => "STRICT",
+        })
+    }
+}
+
+/// A validated PeerAuthentication. `None` as a mode is `UNSET`: inherit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAuthenticationDef {
+    pub name: String,
+    pub namespace: String,
+    /// `spec.selector.matchLabels`; empty: no selector (namespace- or
+    /// mesh-wide).
+    pub selector: BTreeMap<String, String>,
+    pub mode: Option<MtlsMode>,
+    /// `spec.portLevelMtls`; only ever non-empty with a selector.
+    pub port_modes: BTreeMap<u16, Option<MtlsMode>>,
+    /// `metadata.creationTimestamp`, when the document has one (file mode
+    /// usually does not; then load order breaks ties).
+    pub created: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    pub origin: DocumentRef,
+}
+
 /// The whole validated config, in load order (files by name, then document).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MeshConfig {
     pub services: Vec<ServiceDef>,
     pub workloads: Vec<Workload>,
+    pub peer_authentications: Vec<PeerAuthenticationDef>,
 }

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::ca::auth::WorkloadTokens;
+use crate::mtls::MtlsInputs;
 use crate::snapshot::Snapshot;
 
 /// Config problems of the last load, as shown by `/debug/errors`.
@@ -25,6 +26,9 @@ pub struct ConfigState {
     /// snapshot because proxies are never sent them, and a token change
     /// alone must take effect without a new snapshot version.
     tokens: ArcSwap<WorkloadTokens>,
+    /// Workloads and PeerAuthentications of the current config, for
+    /// `/debug/mtls` (not in the snapshot yet).
+    mtls: ArcSwap<MtlsInputs>,
     changed: watch::Sender<()>,
 }
 
@@ -34,6 +38,7 @@ impl ConfigState {
             snapshot: ArcSwap::from_pointee(initial),
             report: ArcSwap::from_pointee(ConfigReport::default()),
             tokens: ArcSwap::from_pointee(WorkloadTokens::default()),
+            mtls: ArcSwap::from_pointee(MtlsInputs::default()),
             changed: watch::Sender::new(()),
         }
     }
@@ -72,6 +77,14 @@ impl ConfigState {
 
     pub fn set_tokens(&self, tokens: WorkloadTokens) {
         self.tokens.store(Arc::new(tokens));
+    }
+
+    pub fn mtls(&self) -> Arc<MtlsInputs> {
+        self.mtls.load_full()
+    }
+
+    pub fn set_mtls(&self, inputs: MtlsInputs) {
+        self.mtls.store(Arc::new(inputs));
     }
 }
 

@@ -208,6 +208,7 @@ fn endpoints_are_selected_workloads_with_resolved_ports() {
                 &[("http", 8080)],
             ),
         ],
+        peer_authentications: Vec::new(),
     };
     let translation = translate(&config);
     let snapshot = &translation.snapshot;
@@ -303,6 +304,7 @@ fn workload_without_any_resolvable_port_is_no_endpoint() {
             &[("app", "web")],
             &[],
         )],
+        peer_authentications: Vec::new(),
     };
     let translation = translate(&config);
     assert!(translation.snapshot.endpoints[0].endpoints.is_empty());
@@ -327,6 +329,7 @@ fn udp_ports_are_left_out_with_a_warning() {
             &[("app", "dns")],
             &[],
         )],
+        peer_authentications: Vec::new(),
     };
     let translation = translate(&config);
     assert_eq!(translation.snapshot.services[0].ports.len(), 1);
@@ -355,6 +358,7 @@ fn version_is_stable_and_follows_content() {
             &[("app", "web")],
             &[],
         )],
+        peer_authentications: Vec::new(),
     };
     let first = translate(&build([10, 0, 0, 1])).snapshot.version;
     let again = translate(&build([10, 0, 0, 1])).snapshot.version;

@@ -11,6 +11,7 @@ use crate::ca::auth::WorkloadTokens;
 use crate::config::load_dir;
 use crate::config::source::{Fingerprint, fingerprint};
 use crate::error::Error;
+use crate::mtls::MtlsInputs;
 use crate::shutdown::shutdown_requested;
 use crate::snapshot::Snapshot;
 use crate::state::{ConfigReport, ConfigState};
@@ -22,6 +23,8 @@ pub struct Compiled {
     pub snapshot: Snapshot,
     /// The workloads' CA token digests.
     pub tokens: WorkloadTokens,
+    /// What `/debug/mtls` computes the effective modes from.
+    pub mtls: MtlsInputs,
     pub errors: Vec<Error>,
     pub warnings: Vec<String>,
 }
@@ -36,6 +39,10 @@ pub fn compile_dir(dir: &Path) -> Result<Compiled, Error> {
     Ok(Compiled {
         snapshot: translation.snapshot,
         tokens: WorkloadTokens::from_config(&loaded.config),
+        mtls: MtlsInputs {
+            workloads: loaded.config.workloads.clone(),
+            policies: loaded.config.peer_authentications.clone(),
+        },
         errors: loaded.errors,
         warnings,
     })
@@ -58,6 +65,7 @@ pub fn apply(state: &ConfigState, result: Result<Compiled, Error>) -> bool {
                 warnings: compiled.warnings,
             });
             state.set_tokens(compiled.tokens);
+            state.set_mtls(compiled.mtls);
             let summary = format!(
                 "config version {}: {} services, {} endpoints",
                 compiled.snapshot.version,

@@ -21,8 +21,8 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "knitd", version)]
 struct Cli {
-    /// Directory of Service and WorkloadEntry YAML (*.yaml, *.yml); watched
-    /// for changes.
+    /// Directory of Service, WorkloadEntry and PeerAuthentication YAML
+    /// (*.yaml, *.yml); watched for changes.
     #[arg(long, value_name = "DIR", env = "KNITD_CONFIG_DIR")]
     config_dir: PathBuf,
     /// Address of the discovery + CA gRPC server in plaintext: for the lab
@@ -66,6 +66,10 @@ struct Cli {
     /// Longest lifetime of a workload certificate, whatever it asks.
     #[arg(long, value_name = "DURATION", default_value = "7d")]
     max_cert_ttl: String,
+    /// The mesh root namespace: a PeerAuthentication there without a
+    /// selector is mesh-wide.
+    #[arg(long, value_name = "NAMESPACE", default_value = knit_controlplane::model::DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
     /// Address of the health and debug HTTP server.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_HTTP_ADDR)]
     http_addr: SocketAddr,
@@ -168,6 +172,12 @@ fn options(cli: Cli) -> Result<KnitdOptions, knit_controlplane::Error> {
         default_cert_ttl: parse_duration("--default-cert-ttl", &cli.default_cert_ttl)?,
         max_cert_ttl: parse_duration("--max-cert-ttl", &cli.max_cert_ttl)?,
     };
+    knit_controlplane::config::names::check_dns1123_label(&cli.root_namespace).map_err(
+        |reason| knit_controlplane::Error::InvalidOption {
+            flag: "--root-namespace",
+            reason,
+        },
+    )?;
     Ok(KnitdOptions {
         config_dir: cli.config_dir,
         grpc_addr: cli.grpc_addr,
@@ -176,6 +186,7 @@ fn options(cli: Cli) -> Result<KnitdOptions, knit_controlplane::Error> {
         http_addr: cli.http_addr,
         poll_interval: DEFAULT_POLL_INTERVAL,
         ca,
+        root_namespace: cli.root_namespace,
     })
 }
 

@@ -59,11 +59,86 @@ pub struct WorkloadEntrySpec {
     pub ports: BTreeMap<String, u32>,
 }
 
+/// Every apiVersion accepted for `PeerAuthentication`: ours first, then
+/// Istio's, so existing Istio YAML loads unchanged.
+pub const PEER_AUTHENTICATION_API_VERSIONS: [&str; 3] = [
+    "mesh.knit.dev/v1alpha1",
+    "security.istio.io/v1beta1",
+    "security.istio.io/v1",
+];
+
+/// Which workloads' inbound traffic must (or may) be mutual TLS, in Istio's
+/// shape. Scope follows from where it lives: in the mesh root namespace
+/// without a selector it is mesh-wide; in another namespace without a
+/// selector it is namespace-wide; with a selector it applies to the selected
+/// workloads of its own namespace.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "mesh.knit.dev",
+    version = "v1alpha1",
+    kind = "PeerAuthentication",
+    plural = "peerauthentications",
+    doc = "Mutual TLS requirements for a workload's inbound traffic (Istio's PeerAuthentication).",
+    namespaced,
+    derive = "PartialEq",
+    category = "knit",
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mtls.mode"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerAuthenticationSpec {
+    /// Workloads the policy applies to; absent (or no labels): every workload
+    /// of the namespace (of the mesh, in the root namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<PeerWorkloadSelector>,
+    /// The mode for the selected workloads; absent means `UNSET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<PeerMtls>,
+    /// Per-port modes (port number → mode), overriding `mtls` on that port.
+    /// Only allowed with a selector.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_level_mtls: BTreeMap<String, PeerMtls>,
+}
+
+/// Istio's `WorkloadSelector`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerWorkloadSelector {
+    /// Labels a workload must all carry to be selected.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// A mutual TLS setting.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct PeerMtls {
+    /// Absent means `UNSET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PeerMtlsMode>,
+}
+
+/// Istio's mTLS modes as written in YAML.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PeerMtlsMode {
+    /// Inherit from the next broader scope.
+    #[serde(rename = "UNSET")]
+    Unset,
+    /// Plain text only.
+    #[serde(rename = "DISABLE")]
+    Disable,
+    /// Mutual TLS or plain text.
+    #[serde(rename = "PERMISSIVE")]
+    Permissive,
+    /// Mutual TLS only.
+    #[serde(rename = "STRICT")]
+    Strict,
+}
+
 /// A kind the loader dispatches on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KnownKind {
     Service,
     WorkloadEntry,
+    PeerAuthentication,
 }
 
 impl KnownKind {
@@ -71,6 +146,7 @@ impl KnownKind {
         match self {
             KnownKind::Service => "Service",
             KnownKind::WorkloadEntry => "WorkloadEntry",
+            KnownKind::PeerAuthentication => "PeerAuthentication",
         }
     }
 }
@@ -82,6 +158,9 @@ pub fn classify(api_version: &str, kind: &str) -> Option<KnownKind> {
         "WorkloadEntry" if WORKLOAD_ENTRY_API_VERSIONS.contains(&api_version) => {
             Some(KnownKind::WorkloadEntry)
         }
+        "PeerAuthentication" if PEER_AUTHENTICATION_API_VERSIONS.contains(&api_version) => {
+            Some(KnownKind::PeerAuthentication)
+        }
         _ => None,
     }
 }
@@ -89,15 +168,27 @@ pub fn classify(api_version: &str, kind: &str) -> Option<KnownKind> {
 /// Path of the checked-in WorkloadEntry CRD, relative to the repository root.
 pub const WORKLOAD_ENTRY_CRD_PATH: &str = "manifests/crds/workloadentry.yaml";
 
+/// Path of the checked-in PeerAuthentication CRD, relative to the repository root.
+pub const PEER_AUTHENTICATION_CRD_PATH: &str = "manifests/crds/peerauthentication.yaml";
+
 /// The WorkloadEntry CRD as YAML, exactly as checked in under `manifests/crds/`.
 pub fn workload_entry_crd_yaml() -> Result<String, Error> {
-    let crd = WorkloadEntry::crd();
+    crd_yaml::<WorkloadEntry>("WorkloadEntry")
+}
+
+/// The PeerAuthentication CRD as YAML, exactly as checked in under `manifests/crds/`.
+pub fn peer_authentication_crd_yaml() -> Result<String, Error> {
+    crd_yaml::<PeerAuthentication>("PeerAuthentication")
+}
+
+fn crd_yaml<K: CustomResourceExt>(kind: &'static str) -> Result<String, Error> {
+    let crd = K::crd();
     let body = serde_saphyr::to_string(&crd).map_err(|err| Error::CrdRender {
-        kind: "WorkloadEntry",
+        kind,
         reason: err.to_string(),
     })?;
     Ok(format!(
-        "# Generated from the Rust type knit_controlplane::config::kinds::WorkloadEntry.\n\
+        "# Generated from the Rust type knit_controlplane::config::kinds::{kind}.\n\
          # Do not edit; regenerate with: KNIT_UPDATE_GOLDEN=1 cargo test -p knit-controlplane crd\n\
          {body}"
     ))
@@ -133,6 +224,23 @@ mod tests {
                 Some(KnownKind::WorkloadEntry),
             ),
             ("networking.istio.io/v2", "WorkloadEntry", None),
+            (
+                "mesh.knit.dev/v1alpha1",
+                "PeerAuthentication",
+                Some(KnownKind::PeerAuthentication),
+            ),
+            (
+                "security.istio.io/v1beta1",
+                "PeerAuthentication",
+                Some(KnownKind::PeerAuthentication),
+            ),
+            (
+                "security.istio.io/v1",
+                "PeerAuthentication",
+                Some(KnownKind::PeerAuthentication),
+            ),
+            ("security.istio.io/v1alpha1", "PeerAuthentication", None),
+            ("networking.istio.io/v1", "PeerAuthentication", None),
             ("v1", "WorkloadEntry", None),
             ("v1", "ConfigMap", None),
         ];
@@ -154,35 +262,57 @@ mod tests {
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.versions.len(), 1);
         assert_eq!(crd.spec.versions[0].name, "v1alpha1");
+
+        let crd = PeerAuthentication::crd();
+        assert_eq!(crd.spec.group, MESH_GROUP);
+        assert_eq!(crd.spec.names.kind, "PeerAuthentication");
+        assert_eq!(crd.spec.names.plural, "peerauthentications");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.versions[0].name, "v1alpha1");
     }
 
-    /// The checked-in CRD must match the Rust type; set KNIT_UPDATE_GOLDEN=1
-    /// to rewrite it after changing the type.
+    /// The checked-in CRDs must match the Rust types; set KNIT_UPDATE_GOLDEN=1
+    /// to rewrite them after changing a type.
     #[test]
-    fn crd_golden_file_matches_the_type() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(WORKLOAD_ENTRY_CRD_PATH);
-        let generated = match workload_entry_crd_yaml() {
-            Ok(yaml) => yaml,
-            Err(err) => panic!("{err}"),
-        };
-        if std::env::var_os("KNIT_UPDATE_GOLDEN").is_some_and(|v| v == "1")
-            && let Err(err) = std::fs::write(&path, &generated)
-        {
-            panic!("cannot write {}: {err}", path.display());
-        }
-        let checked_in = std::fs::read_to_string(&path).unwrap_or_else(|err| {
-            panic!(
-                "cannot read {}: {err}; run KNIT_UPDATE_GOLDEN=1 cargo test -p knit-controlplane crd",
+    fn crd_golden_files_match_the_types() {
+        type Render = fn() -> Result<String, Error>;
+        let crds: [(&str, &str, Render); 2] = [
+            (
+                "WorkloadEntry",
+                WORKLOAD_ENTRY_CRD_PATH,
+                workload_entry_crd_yaml,
+            ),
+            (
+                "PeerAuthentication",
+                PEER_AUTHENTICATION_CRD_PATH,
+                peer_authentication_crd_yaml,
+            ),
+        ];
+        for (kind, relative, render) in crds {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(relative);
+            let generated = match render() {
+                Ok(yaml) => yaml,
+                Err(err) => panic!("{err}"),
+            };
+            if std::env::var_os("KNIT_UPDATE_GOLDEN").is_some_and(|v| v == "1")
+                && let Err(err) = std::fs::write(&path, &generated)
+            {
+                panic!("cannot write {}: {err}", path.display());
+            }
+            let checked_in = std::fs::read_to_string(&path).unwrap_or_else(|err| {
+                panic!(
+                    "cannot read {}: {err}; run KNIT_UPDATE_GOLDEN=1 cargo test -p knit-controlplane crd",
+                    path.display()
+                )
+            });
+            assert!(
+                checked_in == generated,
+                "{} is out of date with the {kind} type; run \
+                 KNIT_UPDATE_GOLDEN=1 cargo test -p knit-controlplane crd",
                 path.display()
-            )
-        });
-        assert!(
-            checked_in == generated,
-            "{} is out of date with the WorkloadEntry type; run \
-             KNIT_UPDATE_GOLDEN=1 cargo test -p knit-controlplane crd",
-            path.display()
-        );
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::kinds::{KnownKind, Service, WorkloadEntry, classify};
+use super::kinds::{KnownKind, PeerAuthentication, Service, WorkloadEntry, classify};
 use super::source::{DocumentText, list_config_files, split_documents};
 use super::validate;
 use crate::error::Error;
@@ -22,6 +22,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub enum ParsedResource {
     Service(Box<Service>),
     WorkloadEntry(Box<WorkloadEntry>),
+    PeerAuthentication(Box<PeerAuthentication>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -167,6 +168,9 @@ fn parse_document(
     let resource = match known {
         KnownKind::Service => ParsedResource::Service(Box::new(typed(value, &at)?)),
         KnownKind::WorkloadEntry => ParsedResource::WorkloadEntry(Box::new(typed(value, &at)?)),
+        KnownKind::PeerAuthentication => {
+            ParsedResource::PeerAuthentication(Box::new(typed(value, &at)?))
+        }
     };
     Ok(Some(ParsedDocument { at, resource }))
 }
@@ -396,5 +400,67 @@ mod tests {
             "{}",
             errors[0]
         );
+    }
+
+    const PEER_AUTHENTICATION: &str = "apiVersion: mesh.knit.dev/v1alpha1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: shop\nspec:\n  mtls:\n    mode: STRICT\n";
+
+    #[test]
+    fn peer_authentication_loads_under_every_api_version() {
+        for api_version in [
+            "mesh.knit.dev/v1alpha1",
+            "security.istio.io/v1beta1",
+            "security.istio.io/v1",
+        ] {
+            let text = PEER_AUTHENTICATION.replace("mesh.knit.dev/v1alpha1", api_version);
+            let parsed = parse("pa.yaml", &text);
+            assert!(
+                parsed.errors.is_empty(),
+                "{api_version}: {:?}",
+                error_strings(&parsed)
+            );
+            assert_eq!(
+                parsed.documents[0].at.to_string(),
+                "pa.yaml doc 1 (PeerAuthentication shop/default)"
+            );
+            match &parsed.documents[0].resource {
+                ParsedResource::PeerAuthentication(policy) => assert_eq!(
+                    policy.spec.mtls.as_ref().and_then(|m| m.mode),
+                    Some(super::super::kinds::PeerMtlsMode::Strict)
+                ),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Istio's security v1alpha1 was never PeerAuthentication's.
+        let text =
+            PEER_AUTHENTICATION.replace("mesh.knit.dev/v1alpha1", "security.istio.io/v1alpha1");
+        let parsed = parse("pa.yaml", &text);
+        assert!(parsed.documents.is_empty());
+        assert_eq!(parsed.warnings.len(), 1);
+    }
+
+    #[test]
+    fn broken_peer_authentications_name_the_field() {
+        let table = [
+            (
+                PEER_AUTHENTICATION.replace("STRICT", "strict"),
+                "config error: pa.yaml doc 1 (PeerAuthentication shop/default): spec.mtls.mode: unknown variant `strict`, expected one of `UNSET`, `DISABLE`, `PERMISSIVE`, `STRICT`",
+            ),
+            (
+                PEER_AUTHENTICATION.replace(
+                    "  mtls:\n    mode: STRICT\n",
+                    "  portLevelMtls:\n    8080:\n      mode: MUTUAL\n",
+                ),
+                "config error: pa.yaml doc 1 (PeerAuthentication shop/default): spec.portLevelMtls.8080.mode: unknown variant `MUTUAL`, expected one of `UNSET`, `DISABLE`, `PERMISSIVE`, `STRICT`",
+            ),
+            (
+                PEER_AUTHENTICATION.replace("  mtls:\n    mode: STRICT\n", "  selector: [app]\n"),
+                "config error: pa.yaml doc 1 (PeerAuthentication shop/default): spec.selector[0]: invalid type: string \"app\", expected a map",
+            ),
+        ];
+        for (text, expected) in table {
+            let parsed = parse("pa.yaml", &text);
+            assert_eq!(error_strings(&parsed), [expected], "{text}");
+            assert!(parsed.documents.is_empty());
+        }
     }
 }

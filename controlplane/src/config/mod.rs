@@ -7,5 +7,7 @@ pub mod names;
 pub mod source;
 pub mod validate;
 
-pub use kinds::{Service, WorkloadEntry, WorkloadEntrySpec};
+pub use kinds::{
+    PeerAuthentication, PeerAuthenticationSpec, Service, WorkloadEntry, WorkloadEntrySpec,
+};
 pub use loader::{LoadedConfig, load_dir};

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::kinds::{Service, WorkloadEntry};
+use super::kinds::{PeerAuthentication, PeerMtls, PeerMtlsMode, Service, WorkloadEntry};
 use super::loader::{DEFAULT_NAMESPACE, ParsedDocument, ParsedResource};
 use super::names::{
     check_dns1035_label, check_dns1123_label, check_dns1123_subdomain, check_label_key,
@@ -17,8 +17,8 @@ use super::names::{
 };
 use crate::error::Error;
 use crate::model::{
-    DocumentRef, MESH_PORT, MeshConfig, PROXY_ANNOTATION, ServiceDef, ServicePortDef,
-    TOKEN_ANNOTATION, TargetPort, TokenDigest, Transport, Workload,
+    DocumentRef, MESH_PORT, MeshConfig, MtlsMode, PROXY_ANNOTATION, PeerAuthenticationDef,
+    ServiceDef, ServicePortDef, TOKEN_ANNOTATION, TargetPort, TokenDigest, Transport, Workload,
 };
 
 /// Service account of a workload that names none.
@@ -322,6 +322,64 @@ pub fn validate_workload_entry(
     })
 }
 
+fn declared_mode(mtls: Option<&PeerMtls>) -> Option<MtlsMode> {
+    match mtls.and_then(|m| m.mode) {
+        None | Some(PeerMtlsMode::Unset) => None,
+        Some(PeerMtlsMode::Disable) => Some(MtlsMode::Disable),
+        Some(PeerMtlsMode::Permissive) => Some(MtlsMode::Permissive),
+        Some(PeerMtlsMode::Strict) => Some(MtlsMode::Strict),
+    }
+}
+
+/// Validates one PeerAuthentication into the model. The mode values are
+/// checked when the document is parsed (they are an enum).
+pub fn validate_peer_authentication(
+    policy: &PeerAuthentication,
+    origin: &DocumentRef,
+) -> Result<PeerAuthenticationDef, FieldError> {
+    let (name, namespace) = name_and_namespace(
+        policy.metadata.name.as_ref(),
+        policy.metadata.namespace.as_ref(),
+        check_dns1123_subdomain,
+    )?;
+    let spec = &policy.spec;
+    let selector = spec
+        .selector
+        .as_ref()
+        .map(|s| s.match_labels.clone())
+        .unwrap_or_default();
+    check_labels("spec.selector.matchLabels", &selector)?;
+    let mut port_modes = BTreeMap::new();
+    for (key, mtls) in &spec.port_level_mtls {
+        let port = match key.parse::<u16>() {
+            Ok(port) if port != 0 && !key.starts_with('+') => port,
+            _ => {
+                return Err(FieldError::new(
+                    "spec.portLevelMtls",
+                    format!("key {key:?} is not a port number (1-65535)"),
+                ));
+            }
+        };
+        port_modes.insert(port, declared_mode(Some(mtls)));
+    }
+    if !port_modes.is_empty() && selector.is_empty() {
+        return Err(FieldError::new(
+            "spec.portLevelMtls",
+            "is only allowed with a workload selector (spec.selector.matchLabels), \
+             as in Istio",
+        ));
+    }
+    Ok(PeerAuthenticationDef {
+        name,
+        namespace,
+        selector,
+        mode: declared_mode(spec.mtls.as_ref()),
+        port_modes,
+        created: policy.metadata.creation_timestamp.clone(),
+        origin: origin.clone(),
+    })
+}
+
 /// Validates every document and checks them against each other. Returns the
 /// model of everything valid and one error per rejected document.
 pub fn assemble(documents: Vec<ParsedDocument>) -> (MeshConfig, Vec<Error>) {
@@ -333,6 +391,7 @@ pub fn assemble(documents: Vec<ParsedDocument>) -> (MeshConfig, Vec<Error>) {
     let mut workloads: HashMap<(String, String), DocumentRef> = HashMap::new();
     let mut addresses: HashMap<IpAddr, (String, DocumentRef)> = HashMap::new();
     let mut tokens: HashMap<TokenDigest, (String, DocumentRef)> = HashMap::new();
+    let mut peer_authentications: HashMap<(String, String), DocumentRef> = HashMap::new();
 
     for document in documents {
         let origin = document.at;
@@ -425,6 +484,23 @@ pub fn assemble(documents: Vec<ParsedDocument>) -> (MeshConfig, Vec<Error>) {
                 workloads.insert(key, origin.clone());
                 addresses.insert(workload.address, (id, origin.clone()));
                 config.workloads.push(workload);
+            }
+            ParsedResource::PeerAuthentication(policy) => {
+                let policy = match validate_peer_authentication(&policy, &origin) {
+                    Ok(policy) => policy,
+                    Err(err) => {
+                        errors.push(err.at(&origin));
+                        continue;
+                    }
+                };
+                let id = format!("{}/{}", policy.namespace, policy.name);
+                let key = (policy.namespace.clone(), policy.name.clone());
+                if let Some(first) = peer_authentications.get(&key) {
+                    errors.push(duplicate("PeerAuthentication", &id, first).at(&origin));
+                    continue;
+                }
+                peer_authentications.insert(key, origin.clone());
+                config.peer_authentications.push(policy);
             }
         }
     }

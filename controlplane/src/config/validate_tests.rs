@@ -351,3 +351,142 @@ fn token_annotation_holds_a_sha256_digest_once_per_workload() {
     );
     assert_eq!(config.workloads.len(), 1);
 }
+
+fn peer_authentication(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn each_invalid_peer_authentication_gives_one_error_naming_file_document_and_field() {
+    let at = "config error: pa.yaml doc 1 (PeerAuthentication shop/p)";
+    let table = [
+        (
+            "  portLevelMtls:\n    \"8080\":\n      mode: STRICT\n",
+            format!(
+                "{at}: spec.portLevelMtls: is only allowed with a workload selector \
+                 (spec.selector.matchLabels), as in Istio"
+            ),
+        ),
+        (
+            "  selector:\n    matchLabels: {}\n  portLevelMtls:\n    8080:\n      mode: STRICT\n",
+            format!(
+                "{at}: spec.portLevelMtls: is only allowed with a workload selector \
+                 (spec.selector.matchLabels), as in Istio"
+            ),
+        ),
+        (
+            "  selector:\n    matchLabels:\n      app: web\n  portLevelMtls:\n    http:\n      mode: STRICT\n",
+            format!("{at}: spec.portLevelMtls: key \"http\" is not a port number (1-65535)"),
+        ),
+        (
+            "  selector:\n    matchLabels:\n      app: web\n  portLevelMtls:\n    0:\n      mode: STRICT\n",
+            format!("{at}: spec.portLevelMtls: key \"0\" is not a port number (1-65535)"),
+        ),
+        (
+            "  selector:\n    matchLabels:\n      app: web\n  portLevelMtls:\n    70000:\n      mode: STRICT\n",
+            format!("{at}: spec.portLevelMtls: key \"70000\" is not a port number (1-65535)"),
+        ),
+        (
+            "  selector:\n    matchLabels:\n      \"bad key!\": web\n",
+            format!(
+                "{at}: spec.selector.matchLabels: {}",
+                super::super::names::check_label_key("bad key!")
+                    .err()
+                    .unwrap_or_default()
+            ),
+        ),
+        (
+            "  selector:\n    matchLabels:\n      app: \"-web\"\n",
+            format!(
+                "{at}: spec.selector.matchLabels.app: {}",
+                super::super::names::check_label_value("-web")
+                    .err()
+                    .unwrap_or_default()
+            ),
+        ),
+    ];
+    for (spec, expected) in table {
+        let (config, errors) = load(&[("pa.yaml", &peer_authentication("p", spec))]);
+        assert_eq!(errors, [expected], "{spec}");
+        assert!(config.peer_authentications.is_empty());
+    }
+    let (_, errors) = load(&[(
+        "pa.yaml",
+        &peer_authentication("Bad_Name", "  mtls:\n    mode: STRICT\n"),
+    )]);
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].starts_with(
+            "config error: pa.yaml doc 1 (PeerAuthentication shop/Bad_Name): metadata.name: "
+        ),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn valid_peer_authentication_becomes_the_model() {
+    let spec = "  selector:\n    matchLabels:\n      app: web\n  mtls:\n    mode: UNSET\n  portLevelMtls:\n    8080:\n      mode: DISABLE\n    \"9090\":\n      mode: STRICT\n    7070: {}\n";
+    let text = format!(
+        "{}---\n{}",
+        peer_authentication("p", spec),
+        "apiVersion: mesh.knit.dev/v1alpha1\nkind: PeerAuthentication\nmetadata:\n  name: mesh\n  namespace: knit-system\n  creationTimestamp: \"2024-01-02T03:04:05Z\"\nspec: {}\n"
+    );
+    let (config, errors) = load(&[("pa.yaml", &text)]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let [p, mesh] = config.peer_authentications.as_slice() else {
+        panic!("{:?}", config.peer_authentications);
+    };
+    assert_eq!((p.namespace.as_str(), p.name.as_str()), ("shop", "p"));
+    assert_eq!(p.selector.get("app").map(String::as_str), Some("web"));
+    assert_eq!(p.mode, None);
+    assert_eq!(
+        p.port_modes,
+        BTreeMap::from([
+            (7070, None),
+            (8080, Some(MtlsMode::Disable)),
+            (9090, Some(MtlsMode::Strict)),
+        ])
+    );
+    assert_eq!(p.created, None);
+    assert_eq!(
+        p.origin.to_string(),
+        "pa.yaml doc 1 (PeerAuthentication shop/p)"
+    );
+    assert_eq!((mesh.namespace.as_str(), mesh.mode), ("knit-system", None));
+    assert!(mesh.selector.is_empty() && mesh.port_modes.is_empty());
+    assert_eq!(
+        mesh.created.as_ref().map(|t| t.0.to_string()),
+        Some("2024-01-02T03:04:05Z".to_owned())
+    );
+}
+
+#[test]
+fn duplicate_peer_authentications_are_reported_and_the_first_wins() {
+    let first = peer_authentication("p", "  mtls:\n    mode: STRICT\n");
+    let second = peer_authentication("p", "  mtls:\n    mode: DISABLE\n");
+    let other_ns = second.replace("namespace: shop", "namespace: other");
+    let (config, errors) = load(&[
+        ("a.yaml", &first),
+        ("b.yaml", &format!("{second}---\n{other_ns}")),
+    ]);
+    assert_eq!(
+        errors,
+        [
+            "config error: b.yaml doc 1 (PeerAuthentication shop/p): metadata.name: duplicate PeerAuthentication shop/p, already defined in a.yaml doc 1"
+        ]
+    );
+    let kept: Vec<(&str, Option<MtlsMode>)> = config
+        .peer_authentications
+        .iter()
+        .map(|p| (p.namespace.as_str(), p.mode))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("shop", Some(MtlsMode::Strict)),
+            ("other", Some(MtlsMode::Disable))
+        ]
+    );
+}
