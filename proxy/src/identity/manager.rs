@@ -10,7 +10,8 @@
 //!              ─► ArcSwapOption::store            (the data path load_full()s it)
 //!   ok:   sleep until 50 % (±10 %) of the remaining lifetime, then again
 //!   fail: log, keep serving the old identity, retry after 1 s → 30 s
-//!         (full jitter); withdraw the old identity once it has expired
+//!         (full jitter; 250 ms → 30 s before the first certificate);
+//!         withdraw the old identity once it has expired
 //! ```
 //!
 //! Like config snapshots, an identity is never mutated: a renewal builds a
@@ -51,6 +52,10 @@ const MIN_RENEW_DELAY: Duration = Duration::from_secs(1);
 /// the cap.
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(30);
+/// The base until the first certificate: a pod is not ready without one,
+/// and the usual early refusal is the CA not having loaded the workload's
+/// token yet (knitd polls its config every 250 ms), which clears at once.
+const FIRST_RETRY_BASE: Duration = Duration::from_millis(250);
 /// Client configs kept per identity. One per peer identity a proxy dials
 /// (service accounts, not pods), so the bound is only a guard against a
 /// config that names unboundedly many.
@@ -330,15 +335,15 @@ impl IdentityManager {
         if !current.is_expired_at(now) {
             return;
         }
-        error!(
-            id = %current.id,
-            serial = %current.serial,
-            not_after = %display_time(current.not_after),
-            "workload certificate expired without a renewal; withdrawn (mesh mTLS is unavailable until a new one is issued)"
-        );
         // Only if nothing replaced it meanwhile.
         let previous = self.current.compare_and_swap(&Some(current.clone()), None);
         if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, &current)) {
+            error!(
+                id = %current.id,
+                serial = %current.serial,
+                not_after = %display_time(current.not_after),
+                "workload certificate expired without a renewal; withdrawn (mesh mTLS is unavailable until a new one is issued)"
+            );
             self.changed.send_modify(|generation| *generation += 1);
         }
     }
@@ -376,12 +381,12 @@ impl IdentityManager {
     /// Runs forever: obtains a certificate, then renews it; see the module
     /// docs for the schedule.
     pub async fn run(self: Arc<Self>) {
-        let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
+        let mut backoff = Backoff::new(FIRST_RETRY_BASE, RETRY_CAP);
         loop {
             self.withdraw_if_expired(SystemTime::now());
             match self.sign_once().await {
                 Ok(identity) => {
-                    backoff.reset();
+                    backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
                     let wait = renew_delay(SystemTime::now(), identity.not_after, fastrand::f64());
                     info!(
                         id = %identity.id,
@@ -389,7 +394,7 @@ impl IdentityManager {
                         renew_in_secs = wait.as_secs(),
                         "next renewal scheduled"
                     );
-                    tokio::time::sleep(wait).await;
+                    sleep_until_wall(SystemTime::now() + wait).await;
                 }
                 Err(err) => {
                     self.record_failure(&err);
@@ -405,6 +410,20 @@ impl IdentityManager {
                 }
             }
         }
+    }
+}
+
+/// Sleeps until wall-clock time `t`. Certificates expire by the wall
+/// clock, while tokio's timers follow the monotonic one, which stands
+/// still while a machine is suspended; waking up at least once a minute
+/// to look at the wall clock keeps a renewal from oversleeping an expiry.
+async fn sleep_until_wall(t: SystemTime) {
+    const CHECK_EVERY: Duration = Duration::from_secs(60);
+    while let Ok(left) = t.duration_since(SystemTime::now()) {
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(left.min(CHECK_EVERY)).await;
     }
 }
 

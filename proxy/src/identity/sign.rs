@@ -171,11 +171,24 @@ impl IssueError {
 }
 
 /// A checked endpoint for the CA; fails on a URL tonic cannot dial.
+///
+/// Only `http://` (knitd's plaintext port, 15010) for now: over TLS
+/// (15012) the proxy would need knitd's root before its first `Sign`,
+/// which is where it gets the bundle; that bootstrap root is not
+/// provisioned yet.
 pub(crate) fn ca_endpoint(url: &str) -> Result<Endpoint, IssueError> {
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| IssueError::CaAddress {
+    let bad = |reason: String| IssueError::CaAddress {
         url: url.to_owned(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| bad(e.to_string()))?;
+    if endpoint.uri().scheme_str() != Some("http") {
+        return Err(bad(
+            "only http:// (knitd's plaintext port) is supported; TLS to the CA needs a \
+             bootstrap root the proxy does not have yet"
+                .into(),
+        ));
+    }
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
@@ -440,8 +453,11 @@ mod tests {
 
     #[test]
     fn bad_ca_urls_are_config_errors() {
-        let err = ca_endpoint("not a url").unwrap_err();
-        assert_eq!(err.reason(), "ca_address_invalid");
+        for bad in ["not a url", "https://knitd:15012", "knitd:15010"] {
+            let err = ca_endpoint(bad).unwrap_err();
+            assert_eq!(err.reason(), "ca_address_invalid", "{bad}");
+            assert_eq!(err.class(), IssueErrorClass::Config);
+        }
         ca_endpoint("http://127.0.0.1:15010").expect("a plain URL works");
     }
 }
