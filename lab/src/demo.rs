@@ -241,11 +241,12 @@ fn steps(lab: &mut Lab) -> Result<()> {
     );
     let after = Evidence::collect(lab, &pods);
     println!(
-        "    evidence, hop by hop (iptables counts the app's connection; the proxies share one HTTP/2 connection):"
+        "    evidence, hop by hop (iptables counts the app's connection; proxies share one mutual-TLS HTTP/2 connection per peer):"
     );
     after.print_redirects(&before, "frontend");
     after.print_counter(&before, "frontend", "outbound.http.requests");
     after.print_counter(&before, "frontend", "upstream.mesh.connections_opened");
+    after.print_counter(&before, "frontend", "upstream.mesh.tls_connections_opened");
     for b in backends {
         after.print_counter(&before, b, "mesh.requests");
     }
@@ -432,7 +433,7 @@ impl Evidence {
             (None, Some(Err(e))) => format!("n/a ({e})"),
             _ => "n/a (counter not reported)".to_string(),
         };
-        println!("      {pod:<9}  proxy     {counter:<26} {value}");
+        println!("      {pod:<9}  proxy     {counter:<36} {value}");
     }
 
     fn print_redirects(&self, before: &Evidence, pod: &str) {
@@ -444,7 +445,7 @@ impl Evidence {
                     let d = now.saturating_sub(then.and_then(|t| t.get(key)).copied().unwrap_or(0));
                     if d > 0 {
                         let unit = if d == 1 { "connection" } else { "connections" };
-                        println!("      {pod:<9}  iptables  {key:<26} +{d} {unit}");
+                        println!("      {pod:<9}  iptables  {key:<36} +{d} {unit}");
                         shown = true;
                     }
                 }

@@ -125,8 +125,12 @@ fn demo_succeeds_and_cleans_up() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("outbound.http.requests     +20")
-            && stdout.contains("mesh.requests              +10"),
+        stdout.contains(&format!("{:<36} +20", "outbound.http.requests"))
+            && stdout.contains(&format!("{:<36} +10", "mesh.requests"))
+            && stdout.contains(&format!(
+                "{:<36} +2",
+                "upstream.mesh.tls_connections_opened"
+            )),
         "{stdout}"
     );
     let left = demo_leftovers(pid);
