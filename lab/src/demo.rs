@@ -139,6 +139,7 @@ fn ensure_tools() -> Result<()> {
         "iptables-save",
         "iptables-restore",
         "setpriv",
+        "sysctl",
     ];
     let missing: Vec<&str> = needed
         .into_iter()
@@ -156,12 +157,12 @@ fn ensure_tools() -> Result<()> {
             }));
     };
     heading(&format!(
-        "Installing iproute2 iptables util-linux with apt-get (missing: {})",
+        "Installing iproute2 iptables util-linux procps with apt-get (missing: {})",
         missing.join(", ")
     ));
     let install = || {
         let mut cmd = Command::new(&apt);
-        cmd.args(["install", "-y", "iproute2", "iptables", "util-linux"])
+        cmd.args(["install", "-y", "iproute2", "iptables", "util-linux", "procps"])
             .env("DEBIAN_FRONTEND", "noninteractive");
         cmd
     };
