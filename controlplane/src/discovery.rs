@@ -2,6 +2,8 @@
 //! itself, gets the current snapshot, then a new one whenever the version
 //! changes; it answers each with an ACK or a NACK (xDS semantics).
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -12,19 +14,82 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::model::{DocumentRef, MtlsMode, Workload};
+use crate::mtls::effective_mtls_by_port;
 use crate::registry::{ProxyRegistry, Registration};
 use crate::shutdown::shutdown_requested;
 use crate::snapshot::Snapshot;
 use crate::state::ConfigState;
 
-/// What `node` is sent for `snapshot`. Every proxy gets everything for now;
-/// per-proxy filtering belongs here. The nonce is set by the stream.
-pub fn snapshot_for(_node: &pb::Node, snapshot: &Snapshot) -> pb::DiscoveryResponse {
+/// What `node` is sent for `snapshot`. Every proxy gets every service and
+/// endpoint; `inbound` is the node's own policy. It is a pure function of
+/// the snapshot and the node, so the snapshot's one version describes it.
+/// The nonce is set by the stream.
+pub fn snapshot_for(node: &pb::Node, snapshot: &Snapshot) -> pb::DiscoveryResponse {
     pb::DiscoveryResponse {
         version_info: snapshot.version.clone(),
         nonce: String::new(),
         services: snapshot.services.clone(),
         endpoints: snapshot.endpoints.clone(),
+        inbound: Some(inbound_policy(node, snapshot)),
+    }
+}
+
+fn proto_mode(mode: MtlsMode) -> pb::MtlsMode {
+    match mode {
+        MtlsMode::Disable => pb::MtlsMode::Disable,
+        MtlsMode::Permissive => pb::MtlsMode::Permissive,
+        MtlsMode::Strict => pb::MtlsMode::Strict,
+    }
+}
+
+/// The inbound policy of the proxy `node`: that of the WorkloadEntry named
+/// (pod_name, namespace), with a mode for each port it declares and each
+/// port its workload policy sets; for a node without one, the mesh /
+/// namespace default (a workload without labels in that namespace).
+pub fn inbound_policy(node: &pb::Node, snapshot: &Snapshot) -> pb::InboundPolicy {
+    let policies = &snapshot.mtls.policies;
+    let root = snapshot.root_namespace.as_str();
+    let found = snapshot
+        .mtls
+        .workloads
+        .iter()
+        .find(|w| w.name == node.pod_name && w.namespace == node.namespace);
+    let (modes, declared) = match found {
+        Some(workload) => (
+            effective_mtls_by_port(policies, root, workload),
+            workload.ports.values().copied().collect::<Vec<u16>>(),
+        ),
+        None => {
+            let anonymous = Workload {
+                name: node.pod_name.clone(),
+                namespace: node.namespace.clone(),
+                address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                labels: BTreeMap::new(),
+                service_account: String::new(),
+                ports: BTreeMap::new(),
+                mesh_port: None,
+                token_sha256: None,
+                origin: DocumentRef {
+                    file: String::new(),
+                    index: 0,
+                    resource: None,
+                },
+            };
+            (
+                effective_mtls_by_port(policies, root, &anonymous),
+                Vec::new(),
+            )
+        }
+    };
+    let port_modes = declared
+        .into_iter()
+        .chain(modes.ports.keys().copied())
+        .map(|port| (u32::from(port), proto_mode(modes.mode(port)) as i32))
+        .collect();
+    pb::InboundPolicy {
+        default_mode: proto_mode(modes.default) as i32,
+        port_modes,
     }
 }
 
@@ -294,6 +359,146 @@ mod tests {
                 Ok(node) => panic!("accepted {node:?}"),
             }
         }
+    }
+
+    fn doc() -> DocumentRef {
+        DocumentRef {
+            file: "t.yaml".to_owned(),
+            index: 0,
+            resource: None,
+        }
+    }
+
+    fn workload(name: &str, namespace: &str, app: &str, ports: &[(&str, u16)]) -> Workload {
+        Workload {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            address: IpAddr::from([10, 0, 0, 1]),
+            labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+            service_account: "default".to_owned(),
+            ports: ports.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
+            mesh_port: None,
+            token_sha256: None,
+            origin: doc(),
+        }
+    }
+
+    fn policy(
+        namespace: &str,
+        app: Option<&str>,
+        mode: Option<MtlsMode>,
+        ports: &[(u16, Option<MtlsMode>)],
+    ) -> crate::model::PeerAuthenticationDef {
+        crate::model::PeerAuthenticationDef {
+            name: format!("pa-{}", app.unwrap_or("default")),
+            namespace: namespace.to_owned(),
+            selector: app
+                .map(|a| BTreeMap::from([("app".to_owned(), a.to_owned())]))
+                .unwrap_or_default(),
+            mode,
+            port_modes: ports.iter().copied().collect(),
+            created: None,
+            origin: doc(),
+        }
+    }
+
+    fn pod(name: &str, namespace: &str) -> pb::Node {
+        pb::Node {
+            pod_name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn inbound_policy_per_node() {
+        use MtlsMode::{Disable, Permissive, Strict};
+        use pb::MtlsMode as P;
+        let workloads = vec![
+            workload("web", "shop", "web", &[("http", 8080), ("admin", 9090)]),
+            workload("db", "shop", "db", &[("sql", 5432)]),
+            workload("other", "misc", "web", &[("http", 8080)]),
+        ];
+        let policies = vec![
+            policy("shop", None, Some(Strict), &[]),
+            policy(
+                "shop",
+                Some("web"),
+                Some(Permissive),
+                &[(9000, Some(Strict)), (9090, None)],
+            ),
+            policy("knit-system", None, Some(Disable), &[]),
+        ];
+        let snapshot = Snapshot::with_mtls(
+            Vec::new(),
+            Vec::new(),
+            crate::mtls::MtlsInputs {
+                workloads,
+                policies,
+            },
+            "knit-system",
+        );
+        type Case<'a> = (pb::Node, P, &'a [(u32, P)]);
+        let table: [Case; 5] = [
+            // Workload PERMISSIVE, port 9000 (undeclared) STRICT, 9090 UNSET.
+            (
+                pod("web", "shop"),
+                P::Permissive,
+                &[
+                    (8080, P::Permissive),
+                    (9000, P::Strict),
+                    (9090, P::Permissive),
+                ],
+            ),
+            // Namespace STRICT.
+            (pod("db", "shop"), P::Strict, &[(5432, P::Strict)]),
+            // Unknown node: its namespace's default.
+            (pod("ghost", "shop"), P::Strict, &[]),
+            // Root-namespace mesh-wide DISABLE, for a known and unknown node.
+            (pod("other", "misc"), P::Disable, &[(8080, P::Disable)]),
+            (pod("ghost", "elsewhere"), P::Disable, &[]),
+        ];
+        for (node, default, ports) in table {
+            let response = snapshot_for(&node, &snapshot);
+            assert_eq!(response.version_info, snapshot.version);
+            let inbound = response.inbound.unwrap_or_else(|| panic!("no inbound"));
+            assert_eq!(inbound.default_mode, default as i32, "{node:?}");
+            let got: BTreeMap<u32, i32> = inbound.port_modes.into_iter().collect();
+            let want: BTreeMap<u32, i32> = ports.iter().map(|(p, m)| (*p, *m as i32)).collect();
+            assert_eq!(got, want, "{node:?}");
+        }
+        // Nothing configured: PERMISSIVE, never UNSPECIFIED.
+        let empty = snapshot_for(&pod("web", "shop"), &Snapshot::empty());
+        assert_eq!(
+            empty.inbound.map(|i| i.default_mode),
+            Some(P::Permissive as i32)
+        );
+    }
+
+    #[test]
+    fn a_new_peer_authentication_changes_the_version() {
+        let mut inputs = crate::mtls::MtlsInputs {
+            workloads: vec![workload("web", "shop", "web", &[("http", 8080)])],
+            policies: Vec::new(),
+        };
+        let before = Snapshot::with_mtls(Vec::new(), Vec::new(), inputs.clone(), "knit-system");
+        let same = Snapshot::with_mtls(Vec::new(), Vec::new(), inputs.clone(), "knit-system");
+        assert_eq!(before.version, same.version);
+        let other_root = Snapshot::with_mtls(Vec::new(), Vec::new(), inputs.clone(), "mesh-root");
+        assert_ne!(before.version, other_root.version);
+        inputs
+            .policies
+            .push(policy("shop", None, Some(MtlsMode::Strict), &[]));
+        let after = Snapshot::with_mtls(Vec::new(), Vec::new(), inputs.clone(), "knit-system");
+        assert_ne!(before.version, after.version);
+        inputs.policies[0].mode = Some(MtlsMode::Disable);
+        let changed = Snapshot::with_mtls(Vec::new(), Vec::new(), inputs.clone(), "knit-system");
+        assert_ne!(after.version, changed.version);
+        inputs.workloads[0]
+            .labels
+            .insert("tier".to_owned(), "a".to_owned());
+        let relabelled = Snapshot::with_mtls(Vec::new(), Vec::new(), inputs, "knit-system");
+        assert_ne!(changed.version, relabelled.version);
     }
 
     #[test]

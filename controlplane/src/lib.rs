@@ -48,7 +48,7 @@ pub use error::Error;
 pub use registry::{ProxyRegistry, ProxyStatus};
 pub use snapshot::{Snapshot, SnapshotView};
 pub use state::{ConfigReport, ConfigState};
-pub use watch::{Compiled, compile_dir};
+pub use watch::{Compiled, compile_dir, compile_dir_in};
 
 /// Default address of the discovery + CA gRPC server (plaintext).
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:15010";
@@ -136,7 +136,9 @@ impl Knitd {
         };
         let (http_listener, http_addr) = bind("debug HTTP", options.http_addr).await?;
 
-        let state = Arc::new(ConfigState::new(Snapshot::empty()));
+        let state = Arc::new(
+            ConfigState::new(Snapshot::empty()).with_root_namespace(&options.root_namespace),
+        );
         let registry = ProxyRegistry::new();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let last_seen = watch::load_initial(&options.config_dir, &state).await;

@@ -7,6 +7,9 @@ use knit_proto::v1 as pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::model::{DEFAULT_ROOT_NAMESPACE, MtlsMode};
+use crate::mtls::MtlsInputs;
+
 /// What every proxy needs, compiled from the config. Immutable once built;
 /// a new config builds a new one.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,14 +18,42 @@ pub struct Snapshot {
     pub version: String,
     pub services: Vec<pb::Service>,
     pub endpoints: Vec<pb::ServiceEndpoints>,
+    /// The workloads and PeerAuthentications each proxy's inbound policy is
+    /// computed from (`discovery::snapshot_for`); part of the version.
+    pub mtls: MtlsInputs,
+    /// The mesh root namespace the inbound policies are computed with.
+    pub root_namespace: String,
 }
 
 impl Snapshot {
+    /// A snapshot without mTLS inputs (every proxy gets the mesh default),
+    /// with the default root namespace.
     pub fn new(services: Vec<pb::Service>, endpoints: Vec<pb::ServiceEndpoints>) -> Snapshot {
-        Snapshot {
-            version: content_version(&services, &endpoints),
+        Snapshot::with_mtls(
             services,
             endpoints,
+            MtlsInputs::default(),
+            DEFAULT_ROOT_NAMESPACE,
+        )
+    }
+
+    /// A snapshot whose proxies get inbound policies computed from `mtls`
+    /// with `root_namespace`; the version covers both.
+    pub fn with_mtls(
+        services: Vec<pb::Service>,
+        endpoints: Vec<pb::ServiceEndpoints>,
+        mtls: MtlsInputs,
+        root_namespace: &str,
+    ) -> Snapshot {
+        let mut hash = Fnv1a::new();
+        hash_content(&mut hash, &services, &endpoints);
+        hash_mtls(&mut hash, &mtls, root_namespace);
+        Snapshot {
+            version: format!("{:016x}", hash.0),
+            services,
+            endpoints,
+            mtls,
+            root_namespace: root_namespace.to_owned(),
         }
     }
 
@@ -68,6 +99,11 @@ impl Fnv1a {
 /// pairs because prost encodes proto maps from a `HashMap`, whose order varies.
 pub fn content_version(services: &[pb::Service], endpoints: &[pb::ServiceEndpoints]) -> String {
     let mut hash = Fnv1a::new();
+    hash_content(&mut hash, services, endpoints);
+    format!("{:016x}", hash.0)
+}
+
+fn hash_content(hash: &mut Fnv1a, services: &[pb::Service], endpoints: &[pb::ServiceEndpoints]) {
     hash.write_chunk(b"services");
     for service in services {
         hash.write_chunk(&service.encode_to_vec());
@@ -93,7 +129,60 @@ pub fn content_version(services: &[pb::Service], endpoints: &[pb::ServiceEndpoin
             }
         }
     }
-    format!("{:016x}", hash.0)
+}
+
+fn mode_tag(mode: Option<MtlsMode>) -> u8 {
+    match mode {
+        None => 0,
+        Some(MtlsMode::Disable) => 1,
+        Some(MtlsMode::Permissive) => 2,
+        Some(MtlsMode::Strict) => 3,
+    }
+}
+
+fn hash_map(hash: &mut Fnv1a, map: &BTreeMap<String, String>) {
+    hash.write(&(map.len() as u64).to_le_bytes());
+    for (key, value) in map {
+        hash.write_chunk(key.as_bytes());
+        hash.write_chunk(value.as_bytes());
+    }
+}
+
+/// Everything the inbound policies depend on: the root namespace, each
+/// workload's identity, labels (selectors) and declared ports, and each
+/// policy in load order (the tie-break) with its creation time.
+fn hash_mtls(hash: &mut Fnv1a, mtls: &MtlsInputs, root_namespace: &str) {
+    hash.write_chunk(b"mtls");
+    hash.write_chunk(root_namespace.as_bytes());
+    hash.write(&(mtls.workloads.len() as u64).to_le_bytes());
+    for workload in &mtls.workloads {
+        hash.write_chunk(workload.namespace.as_bytes());
+        hash.write_chunk(workload.name.as_bytes());
+        hash_map(hash, &workload.labels);
+        let ports: std::collections::BTreeSet<u16> = workload.ports.values().copied().collect();
+        hash.write(&(ports.len() as u64).to_le_bytes());
+        for port in ports {
+            hash.write(&port.to_le_bytes());
+        }
+    }
+    hash.write(&(mtls.policies.len() as u64).to_le_bytes());
+    for policy in &mtls.policies {
+        hash.write_chunk(policy.namespace.as_bytes());
+        hash.write_chunk(policy.name.as_bytes());
+        hash_map(hash, &policy.selector);
+        hash.write(&[mode_tag(policy.mode)]);
+        hash.write(&(policy.port_modes.len() as u64).to_le_bytes());
+        for (port, mode) in &policy.port_modes {
+            hash.write(&port.to_le_bytes());
+            hash.write(&[mode_tag(*mode)]);
+        }
+        let created = policy
+            .created
+            .as_ref()
+            .map(|time| format!("{:?}", time.0))
+            .unwrap_or_default();
+        hash.write_chunk(created.as_bytes());
+    }
 }
 
 /// Protocol as shown to people: `HTTP`, `GRPC`, ..., `UNSPECIFIED` (detect).

@@ -30,6 +30,8 @@ pub struct ConfigState {
     /// `/debug/mtls` (not in the snapshot yet).
     mtls: ArcSwap<MtlsInputs>,
     changed: watch::Sender<()>,
+    /// The mesh root namespace config reloads compile with.
+    root_namespace: String,
 }
 
 impl ConfigState {
@@ -40,7 +42,18 @@ impl ConfigState {
             tokens: ArcSwap::from_pointee(WorkloadTokens::default()),
             mtls: ArcSwap::from_pointee(MtlsInputs::default()),
             changed: watch::Sender::new(()),
+            root_namespace: crate::model::DEFAULT_ROOT_NAMESPACE.to_owned(),
         }
+    }
+
+    /// The same state, compiling config reloads with `root_namespace`.
+    pub fn with_root_namespace(mut self, root_namespace: &str) -> ConfigState {
+        root_namespace.clone_into(&mut self.root_namespace);
+        self
+    }
+
+    pub fn root_namespace(&self) -> &str {
+        &self.root_namespace
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

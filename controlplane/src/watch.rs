@@ -11,6 +11,7 @@ use crate::ca::auth::WorkloadTokens;
 use crate::config::load_dir;
 use crate::config::source::{Fingerprint, fingerprint};
 use crate::error::Error;
+use crate::model::DEFAULT_ROOT_NAMESPACE;
 use crate::mtls::MtlsInputs;
 use crate::shutdown::shutdown_requested;
 use crate::snapshot::Snapshot;
@@ -31,18 +32,31 @@ pub struct Compiled {
 
 /// Loads, validates and translates `dir`. Fails only when the directory
 /// cannot be listed; problems inside it are in `errors` / `warnings`.
+/// Uses the default root namespace; see [`compile_dir_in`].
 pub fn compile_dir(dir: &Path) -> Result<Compiled, Error> {
+    compile_dir_in(dir, DEFAULT_ROOT_NAMESPACE)
+}
+
+/// [`compile_dir`] with the mesh root namespace the proxies' inbound
+/// policies are computed with.
+pub fn compile_dir_in(dir: &Path, root_namespace: &str) -> Result<Compiled, Error> {
     let loaded = load_dir(dir)?;
     let translation = translate(&loaded.config);
     let mut warnings = loaded.warnings;
     warnings.extend(translation.warnings);
+    let mtls = MtlsInputs {
+        workloads: loaded.config.workloads.clone(),
+        policies: loaded.config.peer_authentications.clone(),
+    };
+    let Snapshot {
+        services,
+        endpoints,
+        ..
+    } = translation.snapshot;
     Ok(Compiled {
-        snapshot: translation.snapshot,
+        snapshot: Snapshot::with_mtls(services, endpoints, mtls.clone(), root_namespace),
         tokens: WorkloadTokens::from_config(&loaded.config),
-        mtls: MtlsInputs {
-            workloads: loaded.config.workloads.clone(),
-            policies: loaded.config.peer_authentications.clone(),
-        },
+        mtls,
         errors: loaded.errors,
         warnings,
     })
@@ -96,9 +110,10 @@ pub fn apply(state: &ConfigState, result: Result<Compiled, Error>) -> bool {
 /// reading, so a change made during the read is seen by the next poll.
 pub async fn load_initial(dir: &Path, state: &ConfigState) -> Fingerprint {
     let dir = dir.to_path_buf();
+    let root_namespace = state.root_namespace().to_owned();
     let loaded = tokio::task::spawn_blocking(move || {
         let stamp = fingerprint(&dir);
-        (stamp, compile_dir(&dir))
+        (stamp, compile_dir_in(&dir, &root_namespace))
     })
     .await;
     match loaded {
@@ -132,12 +147,13 @@ pub async fn poll_config_dir(
         }
         let dir = dir.clone();
         let previous = last.clone();
+        let root_namespace = state.root_namespace().to_owned();
         let polled = tokio::task::spawn_blocking(move || {
             let stamp = fingerprint(&dir);
             if stamp == previous {
                 return None;
             }
-            let result = compile_dir(&dir);
+            let result = compile_dir_in(&dir, &root_namespace);
             Some((stamp, result))
         })
         .await;

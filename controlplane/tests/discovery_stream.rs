@@ -357,3 +357,48 @@ async fn shutdown_ends_open_streams_and_run_returns() {
     let result = tokio::time::timeout(DEADLINE, running).await;
     assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
 }
+
+#[tokio::test]
+async fn a_peer_authentication_change_pushes_the_new_inbound_mode() {
+    let dir = temp_dir();
+    write_config(dir.path(), "services.yaml", BACKEND_SERVICE);
+    write_config(
+        dir.path(),
+        "pod-a.yaml",
+        &workload_entry("backend-a", "198.18.0.1"),
+    );
+    let knitd = start(dir.path()).await;
+
+    let mut proxy = Proxy::connect(
+        &knitd,
+        pb::DiscoveryRequest {
+            node: Some(node("backend-a")),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|status| panic!("stream refused: {status}"));
+    let first = proxy.expect_response(DEADLINE).await;
+    let inbound = first.inbound.clone().unwrap_or_default();
+    assert_eq!(inbound.default_mode, pb::MtlsMode::Permissive as i32);
+    assert_eq!(
+        inbound.port_modes.get(&8080),
+        Some(&(pb::MtlsMode::Permissive as i32))
+    );
+    proxy.ack(&first).await;
+
+    write_config(
+        dir.path(),
+        "peer-authentication.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: default\nspec:\n  mtls:\n    mode: STRICT\n",
+    );
+    let second = proxy.expect_response(PUSH_DEADLINE).await;
+    assert_ne!(second.version_info, first.version_info);
+    assert_eq!(second.version_info, knitd.state().snapshot().version);
+    let inbound = second.inbound.unwrap_or_default();
+    assert_eq!(inbound.default_mode, pb::MtlsMode::Strict as i32);
+    assert_eq!(
+        inbound.port_modes.get(&8080),
+        Some(&(pb::MtlsMode::Strict as i32))
+    );
+}

@@ -162,8 +162,15 @@ fn ensure_tools() -> Result<()> {
     ));
     let install = || {
         let mut cmd = Command::new(&apt);
-        cmd.args(["install", "-y", "iproute2", "iptables", "util-linux", "procps"])
-            .env("DEBIAN_FRONTEND", "noninteractive");
+        cmd.args([
+            "install",
+            "-y",
+            "iproute2",
+            "iptables",
+            "util-linux",
+            "procps",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive");
         cmd
     };
     if run_visible(install()).is_err() {

@@ -55,6 +55,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("port {port} requires mutual TLS (PeerAuthentication STRICT); plaintext refused")]
+    MtlsRequired { port: u16 },
+
     #[error("mutual TLS with peer proxy {peer} failed ({reason}): {detail}")]
     MeshTls {
         peer: SocketAddr,
@@ -129,6 +132,7 @@ impl Error {
             Error::TunnelRefused { .. } => "tunnel_refused",
             Error::IdleTimeout { .. } => "idle_timeout",
             Error::MeshTls { .. } => "mesh_tls_failed",
+            Error::MtlsRequired { .. } => "mtls_required",
             Error::NoIdentity => "identity_unavailable",
             Error::EndpointIdentity { .. } => "invalid_endpoint_identity",
             Error::BadRequest(_) => "bad_request",
@@ -144,7 +148,7 @@ impl Error {
 
     pub fn origin(&self) -> ErrorOrigin {
         match self {
-            Error::NoEndpoints { .. } => ErrorOrigin::Policy,
+            Error::NoEndpoints { .. } | Error::MtlsRequired { .. } => ErrorOrigin::Policy,
             Error::UpstreamConnect { .. }
             | Error::UpstreamConnectTimeout { .. }
             | Error::UpstreamHandshake { .. }
@@ -184,6 +188,7 @@ impl Error {
             Error::BadRequest(_) | Error::SelfLoop(_) | Error::ProxyPort(_) => {
                 StatusCode::BAD_REQUEST
             }
+            Error::MtlsRequired { .. } => StatusCode::FORBIDDEN,
             Error::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Error::UpstreamRequest { .. }

@@ -67,6 +67,18 @@ pub async fn handle_connection(
         warn!(%client, reason = e.reason(), error = %e, "inbound connection refused");
         return;
     }
+    // Everything on this listener is plaintext (peers use the mesh port).
+    // Under STRICT it is refused before a byte reaches the app — except a
+    // call this pod made to itself, which came through its own proxy.
+    let mode = ctx.config.load().inbound.mode_for(orig_dst.0.port());
+    if !mode.allows_plaintext() && !ctx.pod_ips.contains(&client.0.ip().to_canonical()) {
+        let e = Error::MtlsRequired {
+            port: orig_dst.0.port(),
+        };
+        stats.errors.record(e.reason());
+        info!(%client, %orig_dst, reason = e.reason(), error = %e, "inbound plaintext refused");
+        return;
+    }
     let detected = if is_server_first(orig_dst.0.port()) {
         inc(&stats.declared);
         Detected::Opaque

@@ -29,7 +29,7 @@ pub struct ErrorCounters {
     counts: [AtomicU64; ERROR_REASONS.len()],
 }
 
-pub const ERROR_REASONS: [&str; 15] = [
+pub const ERROR_REASONS: [&str; 16] = [
     "no_endpoints",
     "upstream_connect_failed",
     "upstream_connect_timeout",
@@ -39,6 +39,7 @@ pub const ERROR_REASONS: [&str; 15] = [
     "tunnel_refused",
     "idle_timeout",
     "mesh_tls_failed",
+    "mtls_required",
     "identity_unavailable",
     "invalid_endpoint_identity",
     "bad_request",

@@ -105,6 +105,7 @@ fn context_with(endpoints: &[(SocketAddr, u16)]) -> Arc<ProxyContext> {
                 })
                 .collect(),
         }],
+        ..Default::default()
     };
     ctx.config
         .publish(Snapshot::from_proto(&resp).expect("valid snapshot"));

@@ -166,6 +166,7 @@ fn context(app: SocketAddr, settings: DataPathSettings) -> Arc<ProxyContext> {
                 mesh_port: 0,
             }],
         }],
+        ..Default::default()
     };
     ctx.config
         .publish(Snapshot::from_proto(&resp).expect("valid snapshot"));

@@ -61,6 +61,7 @@ fn context(app: SocketAddr, mesh_port: u16, protocol: v1::Protocol) -> Arc<Proxy
                 mesh_port: u32::from(mesh_port),
             }],
         }],
+        ..Default::default()
     };
     ctx.config
         .publish(Snapshot::from_proto(&resp).expect("valid snapshot"));
@@ -333,4 +334,54 @@ async fn expect_100_continue_and_chunked_bodies_cross_the_http2_hop() {
     }
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn strict_peer_refuses_plaintext_before_the_app_sees_anything() {
+    // An app that counts what reaches it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = listener.local_addr().expect("addr");
+    let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let (peer_ctx, mesh_port) = peer_proxy().await;
+    // The peer's workload is STRICT except port 1 (a port nobody uses).
+    let policy = v1::DiscoveryResponse {
+        version_info: "strict".into(),
+        inbound: Some(v1::InboundPolicy {
+            default_mode: v1::MtlsMode::Strict as i32,
+            port_modes: [(1, v1::MtlsMode::Permissive as i32)].into_iter().collect(),
+        }),
+        ..Default::default()
+    };
+    peer_ctx
+        .config
+        .publish(Snapshot::from_proto(&policy).expect("valid policy"));
+    // This side has no identity, so it can only speak plaintext.
+    let ctx = context(app, mesh_port, v1::Protocol::Unspecified);
+    let proxy = outbound_proxy(ctx).await;
+
+    let stream = TcpStream::connect(proxy).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("/")
+        .header("host", "backend")
+        .body(Empty::<Bytes>::new())
+        .expect("req");
+    let resp = sender.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(resp.headers()["x-knit-error"], "mtls_required");
+    assert_eq!(peer_ctx.stats_map()["mesh.errors.mtls_required"], 1);
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the app"
+    );
 }

@@ -11,7 +11,7 @@ use clap::Parser;
 use knit_controlplane::ca::{CaOptions, CaSource, TrustDomain, parse_duration};
 use knit_controlplane::{
     DEFAULT_GRPC_ADDR, DEFAULT_GRPC_TLS_ADDR, DEFAULT_HTTP_ADDR, DEFAULT_POLL_INTERVAL,
-    KnitdOptions, compile_dir,
+    KnitdOptions, compile_dir_in,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -93,7 +93,7 @@ fn init_logging() {
 
 /// `--once`: problems go to stderr one per line, the state to stdout.
 fn run_once(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let compiled = compile_dir(&cli.config_dir)?;
+    let compiled = compile_dir_in(&cli.config_dir, &cli.root_namespace)?;
     for warning in &compiled.warnings {
         eprintln!("{warning}");
     }

@@ -113,6 +113,8 @@ pub struct Snapshot {
     pub version: String,
     /// Keyed by `namespace/name`, then port.
     pub services: BTreeMap<String, Vec<Arc<ServiceTarget>>>,
+    /// Whether this workload takes mutual TLS, plaintext or both, per app port.
+    pub inbound: InboundModes,
     #[serde(skip)]
     by_vip: HashMap<SocketAddr, Arc<ServiceTarget>>,
 }
@@ -208,11 +210,73 @@ impl Snapshot {
         if let Some(orphan) = endpoints_by_service.keys().next() {
             return Err(invalid(format!("endpoints for unknown service {orphan}")));
         }
+        let inbound = InboundModes::from_proto(resp.inbound.as_ref())?;
         Ok(Snapshot {
             version: resp.version_info.clone(),
             services,
+            inbound,
             by_vip,
         })
+    }
+}
+
+/// The mTLS mode of an inbound port, after PeerAuthentication precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MtlsMode {
+    Disable,
+    /// The mesh default: mutual TLS and plaintext are both accepted.
+    #[default]
+    Permissive,
+    Strict,
+}
+
+impl MtlsMode {
+    fn from_proto(value: i32) -> Result<Self, Error> {
+        match v1::MtlsMode::try_from(value) {
+            Ok(v1::MtlsMode::Unspecified) | Ok(v1::MtlsMode::Permissive) => {
+                Ok(MtlsMode::Permissive)
+            }
+            Ok(v1::MtlsMode::Disable) => Ok(MtlsMode::Disable),
+            Ok(v1::MtlsMode::Strict) => Ok(MtlsMode::Strict),
+            Err(_) => Err(Error::InvalidConfig(format!(
+                "inbound: unknown mTLS mode {value}"
+            ))),
+        }
+    }
+
+    /// Whether a plaintext connection or request may reach the app.
+    pub fn allows_plaintext(self) -> bool {
+        self != MtlsMode::Strict
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InboundModes {
+    pub default: MtlsMode,
+    pub ports: BTreeMap<u16, MtlsMode>,
+}
+
+impl InboundModes {
+    fn from_proto(policy: Option<&v1::InboundPolicy>) -> Result<Self, Error> {
+        let Some(policy) = policy else {
+            return Ok(InboundModes::default());
+        };
+        let mut ports = BTreeMap::new();
+        for (port, mode) in &policy.port_modes {
+            let port = valid_port(*port).ok_or_else(|| {
+                Error::InvalidConfig(format!("inbound: port_modes: {port} is not a valid port"))
+            })?;
+            ports.insert(port, MtlsMode::from_proto(*mode)?);
+        }
+        Ok(InboundModes {
+            default: MtlsMode::from_proto(policy.default_mode)?,
+            ports,
+        })
+    }
+
+    pub fn mode_for(&self, port: u16) -> MtlsMode {
+        self.ports.get(&port).copied().unwrap_or(self.default)
     }
 }
 
@@ -309,6 +373,7 @@ mod tests {
             nonce: "n".into(),
             services,
             endpoints: eps,
+            ..Default::default()
         }
     }
 

@@ -182,6 +182,19 @@ impl MeshInbound {
         if PROXY_PORTS.contains(&port) {
             return Err(Error::ProxyPort(app));
         }
+        // A plaintext peer connection may only reach ports that accept
+        // plaintext (PERMISSIVE, DISABLE); STRICT ports need mutual TLS.
+        if self.peer_id.is_none()
+            && !self
+                .ctx
+                .config
+                .load()
+                .inbound
+                .mode_for(port)
+                .allows_plaintext()
+        {
+            return Err(Error::MtlsRequired { port });
+        }
         Ok(app)
     }
 

@@ -1,0 +1,167 @@
+//! mTLS modes end to end: PeerAuthentication in knitd's config, the
+//! backend's proxy enforcing it, through real capture.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::{OrLogs, new_lab};
+use knit_lab::{
+    AppSpec, ClientSpec, Lab, PodSpec, ServiceSpec, TCP_ECHO_PORT, TcpClientSpec, wait_until,
+};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn mesh(name: &str) -> (Lab, Ipv4Addr) {
+    let mut lab = new_lab(name);
+    lab.start_knitd().or_logs(&lab);
+    lab.add_service(
+        ServiceSpec::new("backend")
+            .vip(Ipv4Addr::new(198, 19, 0, 10))
+            .port("http", 80, 8080)
+            .selector("app", "backend"),
+    )
+    .or_logs(&lab);
+    let backend = lab
+        .add_pod(
+            PodSpec::new("backend-1")
+                .label("app", "backend")
+                .service_account("backend")
+                .sidecar(true)
+                .app(AppSpec::TcpEcho {
+                    port: TCP_ECHO_PORT,
+                }),
+        )
+        .or_logs(&lab)
+        .ip;
+    lab.add_pod(
+        PodSpec::new("frontend")
+            .label("app", "frontend")
+            .sidecar(true),
+    )
+    .or_logs(&lab);
+    lab.add_pod(PodSpec::new("plain").label("app", "plain"))
+        .or_logs(&lab);
+    wait_until("frontend's proxy to know the backend", PATIENCE, || {
+        let dump = lab.proxy_config_dump("frontend")?;
+        Ok(dump["services"]["default/backend"][0]["endpoints"]
+            .as_array()
+            .is_some_and(|e| e.len() == 1))
+    })
+    .or_logs(&lab);
+    (lab, backend)
+}
+
+fn wait_for_mode(lab: &Lab, port: u16, mode: &str) {
+    wait_until(
+        &format!("backend-1's proxy to enforce {mode} on port {port}"),
+        PATIENCE,
+        || {
+            let inbound = &lab.proxy_config_dump("backend-1")?["inbound"];
+            let effective = inbound["ports"]
+                .get(port.to_string())
+                .unwrap_or(&inbound["default"])
+                .clone();
+            Ok(effective == mode)
+        },
+    )
+    .or_logs(lab);
+}
+
+fn stat(lab: &Lab, pod: &str, name: &str) -> u64 {
+    lab.proxy_stats(pod)
+        .or_logs(lab)
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// PERMISSIVE (the default) lets an unmeshed pod in; STRICT on the
+/// backend's namespace refuses it before anything reaches the app, counts
+/// it, and meshed callers keep working.
+#[test]
+fn strict_refuses_plaintext_and_keeps_meshed_callers() {
+    let (lab, backend) = mesh("strict");
+    let url = format!("http://{backend}:8080/");
+
+    let r = lab
+        .run_client("plain", &ClientSpec::new(&url).count(5))
+        .or_logs(&lab);
+    assert_eq!(
+        r.ok,
+        5,
+        "PERMISSIVE accepts plaintext: {r:?}\n{}",
+        lab.logs_tail(20)
+    );
+    let metrics = lab
+        .http_get_in_node(&format!("http://{backend}:15090/metrics"))
+        .or_logs(&lab)
+        .body;
+    assert!(
+        metrics.contains("reporter=\"destination\",source_workload=\"unknown\"")
+            && metrics.contains("connection_security_policy=\"none\",response_code=\"200\"} 5"),
+        "plaintext is labelled none: {metrics}"
+    );
+
+    lab.write_config(
+        "pa-default.yaml",
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: default}\nspec: {mtls: {mode: STRICT}}\n",
+    )
+    .or_logs(&lab);
+    wait_for_mode(&lab, 8080, "strict");
+
+    let delivered_before = stat(&lab, "backend-1", "inbound.http.requests");
+    let r = lab
+        .run_client("plain", &ClientSpec::new(&url).count(3))
+        .or_logs(&lab);
+    assert_eq!(r.ok, 0, "STRICT refuses plaintext: {r:?}");
+    assert!(stat(&lab, "backend-1", "inbound.errors.mtls_required") >= 3);
+    assert_eq!(
+        stat(&lab, "backend-1", "inbound.http.requests"),
+        delivered_before,
+        "nothing reached the app"
+    );
+
+    let r = lab
+        .run_client("frontend", &ClientSpec::new("http://backend/").count(20))
+        .or_logs(&lab);
+    assert_eq!(
+        (r.sent, r.ok),
+        (20, 20),
+        "meshed callers still succeed: {r:?}\n{}",
+        lab.logs_tail(20)
+    );
+}
+
+/// Port-level STRICT on one port, PERMISSIVE on another, same workload.
+#[test]
+fn port_level_strict_next_to_permissive() {
+    let (lab, backend) = mesh("portlevel");
+    lab.write_config(
+        "pa-backend.yaml",
+        &format!(
+            "apiVersion: mesh.knit.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {{name: backend, namespace: default}}\n\
+             spec:\n  selector: {{matchLabels: {{app: backend}}}}\n  mtls: {{mode: PERMISSIVE}}\n  portLevelMtls:\n    \"{TCP_ECHO_PORT}\": {{mode: STRICT}}\n"
+        ),
+    )
+    .or_logs(&lab);
+    wait_for_mode(&lab, TCP_ECHO_PORT, "strict");
+    wait_for_mode(&lab, 8080, "permissive");
+
+    let r = lab
+        .run_client(
+            "plain",
+            &ClientSpec::new(&format!("http://{backend}:8080/")).count(3),
+        )
+        .or_logs(&lab);
+    assert_eq!(r.ok, 3, "port 8080 is PERMISSIVE: {r:?}");
+    let t = lab
+        .run_tcp_client(
+            "plain",
+            &TcpClientSpec::new(&backend.to_string(), TCP_ECHO_PORT).bytes(64),
+        )
+        .or_logs(&lab);
+    assert!(!t.ok, "port {TCP_ECHO_PORT} is STRICT: {t:?}");
+    assert!(stat(&lab, "backend-1", "inbound.errors.mtls_required") >= 1);
+}
