@@ -72,11 +72,13 @@ impl Iptables {
     /// The first line `SAVE --version` prints, e.g. `iptables-save v1.8.9 (nf_tables)`.
     fn version_line(&self) -> Result<Result<String, String>, InitError> {
         let binary = &self.save_binary;
-        let output = Command::new(binary)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| spawn_error(binary, IPTABLES_PACKAGE, source))?;
+        let output = retry_if_busy(|| {
+            Command::new(binary)
+                .arg("--version")
+                .stdin(Stdio::null())
+                .output()
+        })
+        .map_err(|source| spawn_error(binary, IPTABLES_PACKAGE, source))?;
         if !output.status.success() {
             return Ok(Err(format!(
                 "`{binary} --version` failed ({}): {}",
@@ -97,11 +99,13 @@ impl Iptables {
 impl Netfilter for Iptables {
     fn save(&self, table: Table) -> Result<String, InitError> {
         let binary = &self.save_binary;
-        let output = Command::new(binary)
-            .args(["-t", table.name()])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| spawn_error(binary, IPTABLES_PACKAGE, source))?;
+        let output = retry_if_busy(|| {
+            Command::new(binary)
+                .args(["-t", table.name()])
+                .stdin(Stdio::null())
+                .output()
+        })
+        .map_err(|source| spawn_error(binary, IPTABLES_PACKAGE, source))?;
         if output.status.success() {
             return String::from_utf8(output.stdout).map_err(|_| InitError::SaveFailed {
                 binary: binary.clone(),
@@ -128,14 +132,16 @@ impl Netfilter for Iptables {
 
     fn restore(&self, transaction: &str) -> Result<(), InitError> {
         let binary = &self.restore_binary;
-        let mut child = Command::new(binary)
-            .arg("--noflush")
-            .arg(format!("--wait={LOCK_WAIT_SECONDS}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| spawn_error(binary, IPTABLES_PACKAGE, source))?;
+        let mut child = retry_if_busy(|| {
+            Command::new(binary)
+                .arg("--noflush")
+                .arg(format!("--wait={LOCK_WAIT_SECONDS}"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
+        .map_err(|source| spawn_error(binary, IPTABLES_PACKAGE, source))?;
         let stdin = child.stdin.take();
         // Feed stdin from its own thread so a chatty child cannot block on a
         // full stderr pipe while we are still writing.
@@ -193,7 +199,7 @@ impl Netfilter for Iptables {
         };
         let other_backend = backend.other();
         let tool = self.family.backend_save_tool(other_backend);
-        let dump = match Command::new(tool).stdin(Stdio::null()).output() {
+        let dump = match retry_if_busy(|| Command::new(tool).stdin(Stdio::null()).output()) {
             // Without the tool nothing here can have written to that backend.
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 return Ok(BackendInspection {
@@ -219,6 +225,23 @@ impl Netfilter for Iptables {
                 dump,
             }),
         })
+    }
+}
+
+/// Runs `start` again while exec fails with ETXTBSY ("text file busy"):
+/// a binary just written or replaced (a package upgrade, or a file another
+/// thread of this process has open while it forks) is briefly not
+/// executable. Bounded: about half a second in all.
+pub(crate) fn retry_if_busy<T>(mut start: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let mut attempts = 0;
+    loop {
+        match start() {
+            Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return result,
+        }
     }
 }
 
@@ -394,6 +417,38 @@ mod tests {
         Iptables::new(Family::Ipv6, &accepting, &accepting)
             .restore("*nat\nCOMMIT\n")
             .expect("a tool that accepts the transaction");
+    }
+
+    #[test]
+    fn busy_executables_are_retried_a_bounded_number_of_times() {
+        let busy = || io::Error::from(io::ErrorKind::ExecutableFileBusy);
+        let mut calls = 0;
+        let ok = retry_if_busy(|| {
+            calls += 1;
+            if calls < 3 { Err(busy()) } else { Ok(calls) }
+        });
+        assert_eq!(ok.expect("succeeds once not busy"), 3);
+
+        let mut calls = 0;
+        let missing = retry_if_busy(|| -> io::Result<()> {
+            calls += 1;
+            Err(io::Error::from(io::ErrorKind::NotFound))
+        });
+        assert_eq!(
+            (missing.expect_err("not found").kind(), calls),
+            (io::ErrorKind::NotFound, 1)
+        );
+
+        let mut calls = 0;
+        let stuck = retry_if_busy(|| -> io::Result<()> {
+            calls += 1;
+            Err(busy())
+        });
+        assert_eq!(
+            stuck.expect_err("gives up").kind(),
+            io::ErrorKind::ExecutableFileBusy
+        );
+        assert_eq!(calls, 51, "one try plus 50 retries");
     }
 
     #[test]
