@@ -241,6 +241,14 @@ pub fn rejection_reason(err: &rustls::Error) -> &'static str {
     }
 }
 
+/// [`rejection_reason`] for the `io::Error` a tokio-rustls handshake
+/// fails with (the rustls error travels inside it).
+pub fn io_rejection_reason(err: &std::io::Error) -> &'static str {
+    err.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map_or("tls_handshake_failed", rejection_reason)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

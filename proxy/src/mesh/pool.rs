@@ -20,7 +20,7 @@ use tracing::{debug, info};
 use crate::error::Error;
 use crate::http::Body;
 use crate::http::upstream::connect_tcp;
-use crate::identity::{SpiffeId, WorkloadIdentity, rejection_reason};
+use crate::identity::{SpiffeId, WorkloadIdentity, io_rejection_reason};
 
 /// The identity a peer must prove, or `None` for plaintext.
 pub type Expected = Option<SpiffeId>;
@@ -169,10 +169,7 @@ where
 
 /// A TLS failure toward a peer, with the verifier's reason when it was one.
 fn mesh_tls_error(peer: SocketAddr, err: &std::io::Error) -> Error {
-    let reason = err
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .map_or("tls_handshake_failed", rejection_reason);
+    let reason = io_rejection_reason(err);
     Error::MeshTls {
         peer,
         reason,

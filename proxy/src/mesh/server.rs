@@ -23,7 +23,7 @@ use crate::error::Error;
 use crate::http::forward::{Route, forward};
 use crate::http::server::{HttpHandler, HttpLimits, serve_http2};
 use crate::http::{Body, error_response, full_body};
-use crate::identity::{SpiffeId, peer_identity, rejection_reason};
+use crate::identity::{SpiffeId, io_rejection_reason, peer_identity};
 use crate::listener::{ConnectionLimit, spawn_in_slot};
 use crate::metrics::{Reporter, SecurityPolicy, TrafficLabels, UNKNOWN, mesh_name};
 use crate::stats::inc;
@@ -93,10 +93,7 @@ impl MeshListener {
                             serve_http2(tls, handler, &limits).await;
                         }
                         Err(e) => {
-                            let reason = e
-                                .get_ref()
-                                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                                .map_or("tls_handshake_failed", rejection_reason);
+                            let reason = io_rejection_reason(&e);
                             ctx.stats.mesh.errors.record("mesh_tls_failed");
                             warn!(%client, reason, error = %e, "mutual TLS from a peer failed");
                         }
