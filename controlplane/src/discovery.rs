@@ -32,6 +32,7 @@ pub fn snapshot_for(node: &pb::Node, snapshot: &Snapshot) -> pb::DiscoveryRespon
         services: snapshot.services.clone(),
         endpoints: snapshot.endpoints.clone(),
         inbound: Some(inbound_policy(node, snapshot)),
+        authorization: Vec::new(),
     }
 }
 

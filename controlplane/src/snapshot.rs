@@ -298,6 +298,7 @@ mod tests {
             service_account: "default".to_owned(),
             ports: ports.iter().copied().collect(),
             mesh_port: 15008,
+            mtls: None,
         }
     }
 

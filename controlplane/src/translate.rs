@@ -128,6 +128,8 @@ fn endpoint_for(
         service_account: workload.service_account.clone(),
         ports: resolved,
         mesh_port: workload.mesh_port.map_or(0, u32::from),
+        // Filled per response from the published mTLS table.
+        mtls: None,
     })
 }
 

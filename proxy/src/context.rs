@@ -214,7 +214,10 @@ impl ProxyContext {
         else {
             return Ok(Upstream::Direct(ep.addr));
         };
-        let identity = match self.identity.as_ref() {
+        // Plaintext when this proxy has no identity, or when the endpoint's
+        // port is DISABLE (knitd publishes that only once the server takes
+        // plaintext there).
+        let identity = match self.identity.as_ref().filter(|_| ep.wants_mtls()) {
             None => None,
             Some(manager) => Some(
                 crate::identity::SpiffeId::workload(

@@ -102,6 +102,7 @@ fn context_with(endpoints: &[(SocketAddr, u16)]) -> Arc<ProxyContext> {
                     service_account: "backend".into(),
                     ports: [(80, u32::from(addr.port()))].into_iter().collect(),
                     mesh_port: u32::from(*mesh_port),
+                    mtls: None,
                 })
                 .collect(),
         }],

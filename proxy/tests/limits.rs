@@ -164,6 +164,7 @@ fn context(app: SocketAddr, settings: DataPathSettings) -> Arc<ProxyContext> {
                 service_account: "backend".into(),
                 ports: [(80, u32::from(app.port()))].into_iter().collect(),
                 mesh_port: 0,
+                mtls: None,
             }],
         }],
         ..Default::default()

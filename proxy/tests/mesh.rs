@@ -59,6 +59,7 @@ fn context(app: SocketAddr, mesh_port: u16, protocol: v1::Protocol) -> Arc<Proxy
                 service_account: "backend".into(),
                 ports: [(80, u32::from(app.port()))].into_iter().collect(),
                 mesh_port: u32::from(mesh_port),
+                mtls: None,
             }],
         }],
         ..Default::default()

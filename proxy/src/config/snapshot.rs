@@ -46,6 +46,17 @@ pub struct Endpoint {
     /// Where the endpoint's Knit proxy takes mesh HTTP/2; `None` when the
     /// endpoint has no proxy and is reached directly.
     pub mesh_port: Option<u16>,
+    /// How the endpoint's proxy takes traffic per app port; a client sends
+    /// plaintext to a DISABLE port and mutual TLS otherwise.
+    pub mtls: InboundModes,
+}
+
+impl Endpoint {
+    /// Whether a client should originate mutual TLS to this endpoint (when
+    /// it has an identity): every mode but DISABLE on the endpoint's port.
+    pub fn wants_mtls(&self) -> bool {
+        self.mtls.mode_for(self.addr.port()) != MtlsMode::Disable
+    }
 }
 
 /// Where a request or connection goes next.
@@ -210,7 +221,7 @@ impl Snapshot {
         if let Some(orphan) = endpoints_by_service.keys().next() {
             return Err(invalid(format!("endpoints for unknown service {orphan}")));
         }
-        let inbound = InboundModes::from_proto(resp.inbound.as_ref())?;
+        let inbound = InboundModes::from_proto(resp.inbound.as_ref(), "inbound")?;
         Ok(Snapshot {
             version: resp.version_info.clone(),
             services,
@@ -232,7 +243,7 @@ pub enum MtlsMode {
 }
 
 impl MtlsMode {
-    fn from_proto(value: i32) -> Result<Self, Error> {
+    fn from_proto(value: i32, place: &str) -> Result<Self, Error> {
         match v1::MtlsMode::try_from(value) {
             Ok(v1::MtlsMode::Unspecified) | Ok(v1::MtlsMode::Permissive) => {
                 Ok(MtlsMode::Permissive)
@@ -240,7 +251,7 @@ impl MtlsMode {
             Ok(v1::MtlsMode::Disable) => Ok(MtlsMode::Disable),
             Ok(v1::MtlsMode::Strict) => Ok(MtlsMode::Strict),
             Err(_) => Err(Error::InvalidConfig(format!(
-                "inbound: unknown mTLS mode {value}"
+                "{place}: unknown mTLS mode {value}"
             ))),
         }
     }
@@ -258,19 +269,20 @@ pub struct InboundModes {
 }
 
 impl InboundModes {
-    fn from_proto(policy: Option<&v1::InboundPolicy>) -> Result<Self, Error> {
+    /// `place` names the field in errors (`inbound`, or an endpoint's).
+    fn from_proto(policy: Option<&v1::InboundPolicy>, place: &str) -> Result<Self, Error> {
         let Some(policy) = policy else {
             return Ok(InboundModes::default());
         };
         let mut ports = BTreeMap::new();
         for (port, mode) in &policy.port_modes {
             let port = valid_port(*port).ok_or_else(|| {
-                Error::InvalidConfig(format!("inbound: port_modes: {port} is not a valid port"))
+                Error::InvalidConfig(format!("{place}: port_modes: {port} is not a valid port"))
             })?;
-            ports.insert(port, MtlsMode::from_proto(*mode)?);
+            ports.insert(port, MtlsMode::from_proto(*mode, place)?);
         }
         Ok(InboundModes {
-            default: MtlsMode::from_proto(policy.default_mode)?,
+            default: MtlsMode::from_proto(policy.default_mode, place)?,
             ports,
         })
     }
@@ -316,12 +328,17 @@ fn compile_endpoints(
                 ))
             })?),
         };
+        let mtls = InboundModes::from_proto(
+            ep.mtls.as_ref(),
+            &format!("service {service}: endpoint {}: mtls", ep.workload_name),
+        )?;
         out.push(Endpoint {
             addr: SocketAddr::new(ip.to_canonical(), target),
             workload: ep.workload_name.clone(),
             namespace: ep.workload_namespace.clone(),
             service_account: ep.service_account.clone(),
             mesh_port,
+            mtls,
         });
     }
     Ok(out)
@@ -359,6 +376,7 @@ mod tests {
                     service_account: "default".into(),
                     ports: [(*sport, *tport)].into_iter().collect(),
                     mesh_port: 0,
+                    mtls: None,
                 })
                 .collect(),
         }
