@@ -86,6 +86,7 @@ pub fn route(method: &Method, path: &str, sources: &DebugSources) -> Reply {
             | "/debug/warnings"
             | "/debug/ca"
             | "/debug/mtls"
+            | "/debug/authz"
     );
     if !known {
         return Reply::text(StatusCode::NOT_FOUND, format!("no such page: {path}\n"));
@@ -102,6 +103,7 @@ pub fn route(method: &Method, path: &str, sources: &DebugSources) -> Reply {
             serving_certificate: sources.serving.as_ref().map(|s| s.summary()),
         }),
         "/debug/mtls" => Reply::json(&crate::mtls::view(&state.mtls(), &sources.root_namespace)),
+        "/debug/authz" => Reply::json(&crate::authz::view(&state.snapshot())),
         "/debug/errors" => Reply::json(&state.report().errors),
         _ => Reply::json(&state.report().warnings),
     }

@@ -15,24 +15,85 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::model::{DocumentRef, MtlsMode, Workload};
-use crate::mtls::effective_mtls_by_port;
+use crate::mtls::{WorkloadMtls, effective_mtls_by_port};
 use crate::registry::{ProxyRegistry, Registration};
+use crate::rollout::{DEFAULT_ROLLOUT_TIMEOUT, MtlsTable, Rollout};
 use crate::shutdown::shutdown_requested;
 use crate::snapshot::Snapshot;
 use crate::state::ConfigState;
 
-/// What `node` is sent for `snapshot`. Every proxy gets every service and
-/// endpoint; `inbound` is the node's own policy. It is a pure function of
-/// the snapshot and the node, so the snapshot's one version describes it.
-/// The nonce is set by the stream.
+/// What `node` is sent for `snapshot` with nothing held: the config's own
+/// modes on both sides. The nonce is set by the stream.
 pub fn snapshot_for(node: &pb::Node, snapshot: &Snapshot) -> pb::DiscoveryResponse {
+    response_for(
+        node,
+        snapshot,
+        &MtlsTable::desired(snapshot),
+        &snapshot.version,
+    )
+}
+
+/// What `node` is sent: every service and endpoint, each endpoint with the
+/// modes clients are told for it (`table.client`), and the node's own
+/// inbound policy (`table.server`). The nonce is set by the stream.
+pub fn response_for(
+    node: &pb::Node,
+    snapshot: &Snapshot,
+    table: &MtlsTable,
+    version: &str,
+) -> pb::DiscoveryResponse {
+    let mut endpoints = snapshot.endpoints.clone();
+    for endpoint in endpoints
+        .iter_mut()
+        .flat_map(|set| set.endpoints.iter_mut())
+    {
+        if endpoint.mesh_port == 0 {
+            continue;
+        }
+        let key = (
+            endpoint.workload_namespace.clone(),
+            endpoint.workload_name.clone(),
+        );
+        endpoint.mtls = table.client.get(&key).map(|modes| proto_policy(modes, []));
+    }
+    let node_key = (node.namespace.clone(), node.pod_name.clone());
+    let inbound = match table.server.get(&node_key) {
+        Some(modes) => {
+            let declared = snapshot
+                .mtls
+                .workloads
+                .iter()
+                .find(|w| w.name == node.pod_name && w.namespace == node.namespace)
+                .map(|w| w.ports.values().copied().collect::<Vec<u16>>())
+                .unwrap_or_default();
+            proto_policy(modes, declared)
+        }
+        None => inbound_policy(node, snapshot),
+    };
     pb::DiscoveryResponse {
-        version_info: snapshot.version.clone(),
+        version_info: version.to_owned(),
         nonce: String::new(),
         services: snapshot.services.clone(),
-        endpoints: snapshot.endpoints.clone(),
-        inbound: Some(inbound_policy(node, snapshot)),
-        authorization: Vec::new(),
+        endpoints,
+        inbound: Some(inbound),
+        authorization: crate::authz::authorization_for(node, snapshot),
+    }
+}
+
+/// `modes` on the wire, listing `declared` ports and every port with its
+/// own mode.
+fn proto_policy(
+    modes: &WorkloadMtls,
+    declared: impl IntoIterator<Item = u16>,
+) -> pb::InboundPolicy {
+    let port_modes = declared
+        .into_iter()
+        .chain(modes.ports.keys().copied())
+        .map(|port| (u32::from(port), proto_mode(modes.mode(port)) as i32))
+        .collect();
+    pb::InboundPolicy {
+        default_mode: proto_mode(modes.default) as i32,
+        port_modes,
     }
 }
 
@@ -83,15 +144,7 @@ pub fn inbound_policy(node: &pb::Node, snapshot: &Snapshot) -> pb::InboundPolicy
             )
         }
     };
-    let port_modes = declared
-        .into_iter()
-        .chain(modes.ports.keys().copied())
-        .map(|port| (u32::from(port), proto_mode(modes.mode(port)) as i32))
-        .collect();
-    pb::InboundPolicy {
-        default_mode: proto_mode(modes.default) as i32,
-        port_modes,
-    }
+    proto_policy(&modes, declared)
 }
 
 /// A fresh random nonce per response, so a late answer to an older response
@@ -144,22 +197,37 @@ pub fn classify_answer(request: &pb::DiscoveryRequest, latest_nonce: &str) -> An
 
 #[derive(Debug, Clone)]
 pub struct DiscoveryService {
-    state: Arc<ConfigState>,
+    rollout: Arc<Rollout>,
     registry: Arc<ProxyRegistry>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl DiscoveryService {
+    /// Serves `state`'s config through a rollout with the default timeout
+    /// (spawns the task that follows the config; call within a runtime).
     pub fn new(
         state: Arc<ConfigState>,
         registry: Arc<ProxyRegistry>,
         shutdown: watch::Receiver<bool>,
     ) -> DiscoveryService {
+        let rollout = Rollout::follow(state, DEFAULT_ROLLOUT_TIMEOUT, shutdown.clone());
+        DiscoveryService::with_rollout(rollout, registry, shutdown)
+    }
+
+    pub fn with_rollout(
+        rollout: Arc<Rollout>,
+        registry: Arc<ProxyRegistry>,
+        shutdown: watch::Receiver<bool>,
+    ) -> DiscoveryService {
         DiscoveryService {
-            state,
+            rollout,
             registry,
             shutdown,
         }
+    }
+
+    pub fn rollout(&self) -> &Arc<Rollout> {
+        &self.rollout
     }
 }
 
@@ -179,7 +247,7 @@ impl Discovery for DiscoveryService {
         let session = ProxyStream {
             inbound: request.into_inner(),
             responses,
-            state: Arc::clone(&self.state),
+            rollout: Arc::clone(&self.rollout),
             registry: Arc::clone(&self.registry),
             shutdown: self.shutdown.clone(),
         };
@@ -192,7 +260,7 @@ impl Discovery for DiscoveryService {
 struct ProxyStream {
     inbound: Streaming<pb::DiscoveryRequest>,
     responses: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
-    state: Arc<ConfigState>,
+    rollout: Arc<Rollout>,
     registry: Arc<ProxyRegistry>,
     shutdown: watch::Receiver<bool>,
 }
@@ -227,7 +295,7 @@ impl ProxyStream {
         let who = format!("{}/{}", node.namespace, node.pod_name);
         let registration = self.registry.register(node.clone());
         // Subscribe before reading the snapshot, so no change slips between.
-        let mut changes = self.state.subscribe();
+        let mut changes = self.rollout.subscribe();
         tracing::info!(proxy = %who, "proxy connected");
 
         let Some(mut sent) = self.send_current(&node, &registration).await else {
@@ -242,7 +310,7 @@ impl ProxyStream {
                     if changed.is_err() {
                         break;
                     }
-                    if self.state.snapshot().version == sent.version {
+                    if self.rollout.current().version == sent.version {
                         continue;
                     }
                     match self.send_current(&node, &registration).await {
@@ -255,6 +323,7 @@ impl ProxyStream {
                         Answer::Ack { version } => {
                             tracing::debug!(proxy = %who, %version, "proxy accepted config");
                             registration.record_ack(&version);
+                            self.rollout.acked(registration.id(), &sent.nonce);
                         }
                         Answer::Nack { version, message } => {
                             tracing::warn!(
@@ -264,12 +333,21 @@ impl ProxyStream {
                                 "proxy rejected config: {message}"
                             );
                             registration.record_nack(&message);
+                            self.rollout.nacked(registration.id(), &sent.nonce);
                         }
-                        Answer::Stale => tracing::debug!(
-                            proxy = %who,
-                            nonce = %request.response_nonce,
-                            "ignoring answer to a superseded response"
-                        ),
+                        Answer::Stale => {
+                            tracing::debug!(
+                                proxy = %who,
+                                nonce = %request.response_nonce,
+                                "answer to a superseded response"
+                            );
+                            // Still tells which config the proxy runs meanwhile.
+                            if request.error_detail.is_none() {
+                                self.rollout.acked(registration.id(), &request.response_nonce);
+                            } else {
+                                self.rollout.nacked(registration.id(), &request.response_nonce);
+                            }
+                        }
                     },
                     Ok(None) => break,
                     Err(status) => {
@@ -279,15 +357,23 @@ impl ProxyStream {
                 },
             }
         }
+        self.rollout.removed(registration.id());
         drop(registration);
         tracing::info!(proxy = %who, "proxy disconnected");
     }
 
     /// Sends the current snapshot; `None` when the proxy is gone.
     async fn send_current(&self, node: &pb::Node, registration: &Registration) -> Option<Sent> {
-        let snapshot = self.state.snapshot();
-        let mut response = snapshot_for(node, &snapshot);
-        response.nonce = new_nonce();
+        let nonce = new_nonce();
+        let key = (node.namespace.clone(), node.pod_name.clone());
+        let published = self.rollout.take_for_send(registration.id(), &key, &nonce);
+        let mut response = response_for(
+            node,
+            &published.snapshot,
+            &published.table,
+            &published.version,
+        );
+        response.nonce = nonce;
         let sent = Sent {
             version: response.version_info.clone(),
             nonce: response.nonce.clone(),

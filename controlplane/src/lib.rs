@@ -12,6 +12,7 @@
 //! development only, since tokens and configs cross it in the clear.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod ca;
 pub mod config;
 pub mod debug_http;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod model;
 pub mod mtls;
 pub mod registry;
+pub mod rollout;
 pub mod shutdown;
 pub mod snapshot;
 pub mod state;

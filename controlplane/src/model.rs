@@ -183,7 +183,8 @@ pub const PROXY_ANNOTATION: &str = "mesh.knit.dev/proxy";
 pub const MESH_PORT: u16 = 15008;
 
 /// The mesh root namespace unless `--root-namespace` says otherwise: a
-/// PeerAuthentication there without a selector is mesh-wide.
+/// PeerAuthentication or AuthorizationPolicy there without a selector is
+/// mesh-wide.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "knit-system";
 
 /// An effective mutual TLS mode (Istio's, without `UNSET`: that only exists
@@ -228,10 +229,117 @@ pub struct PeerAuthenticationDef {
     pub origin: DocumentRef,
 }
 
+/// What a matching request gets from an AuthorizationPolicy.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum AuthorizationAction {
+    #[serde(rename = "ALLOW")]
+    Allow,
+    #[serde(rename = "DENY")]
+    Deny,
+    /// Recorded, never refused.
+    #[serde(rename = "AUDIT")]
+    Audit,
+}
+
+impl fmt::Display for AuthorizationAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthorizationAction::Allow => "ALLOW",
+            AuthorizationAction::Deny => "DENY",
+            AuthorizationAction::Audit => "AUDIT",
+        })
+    }
+}
+
+/// A validated `from[].source`. Strings are patterns (exact, `prefix*`,
+/// `*suffix`, `*`); principals carry no `spiffe://`; IP blocks are written
+/// canonically (`10.0.0.0/8`, `fd00::1`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AuthorizationSourceDef {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_principals: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_namespaces: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ip_blocks: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_ip_blocks: Vec<String>,
+}
+
+/// A validated `to[].operation`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AuthorizationOperationDef {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_ports: Vec<u16>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_methods: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_paths: Vec<String>,
+}
+
+/// A validated `when[]`: `key` is one of the supported keys, with a header
+/// name in lowercase (`request.headers[x-tenant]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AuthorizationConditionDef {
+    pub key: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_values: Vec<String>,
+}
+
+/// A validated rule; an empty rule matches every request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AuthorizationRuleDef {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<AuthorizationSourceDef>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<AuthorizationOperationDef>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<AuthorizationConditionDef>,
+}
+
+/// A validated AuthorizationPolicy, or the fail-closed stand-in of an
+/// invalid one (`fail_closed`): an ALLOW policy without rules, or a DENY
+/// policy with one empty rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationPolicyDef {
+    pub name: String,
+    pub namespace: String,
+    /// `spec.selector.matchLabels`; empty: no selector.
+    pub selector: BTreeMap<String, String>,
+    pub action: AuthorizationAction,
+    pub rules: Vec<AuthorizationRuleDef>,
+    /// The document was invalid; this is what applies until it is fixed.
+    pub fail_closed: bool,
+    pub origin: DocumentRef,
+}
+
 /// The whole validated config, in load order (files by name, then document).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MeshConfig {
     pub services: Vec<ServiceDef>,
     pub workloads: Vec<Workload>,
     pub peer_authentications: Vec<PeerAuthenticationDef>,
+    pub authorization_policies: Vec<AuthorizationPolicyDef>,
 }

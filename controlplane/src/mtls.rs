@@ -44,7 +44,7 @@ pub const DEFAULT_MTLS_MODE: MtlsMode = MtlsMode::Permissive;
 
 /// The effective modes of one workload: `ports` lists the ports with a
 /// port-level setting, `default` applies to every other port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct WorkloadMtls {
     pub default: MtlsMode,
     pub ports: BTreeMap<u16, MtlsMode>,

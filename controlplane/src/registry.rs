@@ -130,6 +130,11 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// This stream's id, unique for the life of the registry.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     pub fn record_sent(&self, version: &str, nonce: &str) {
         self.registry.update(self.id, |record| {
             record.sent_version = Some(version.to_owned());

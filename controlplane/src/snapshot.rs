@@ -7,7 +7,11 @@ use knit_proto::v1 as pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DEFAULT_ROOT_NAMESPACE, MtlsMode};
+use crate::authz::{sort_policies, to_wire};
+use crate::model::{
+    AuthorizationAction, AuthorizationPolicyDef, AuthorizationRuleDef, DEFAULT_ROOT_NAMESPACE,
+    MtlsMode,
+};
 use crate::mtls::MtlsInputs;
 
 /// What every proxy needs, compiled from the config. Immutable once built;
@@ -21,8 +25,13 @@ pub struct Snapshot {
     /// The workloads and PeerAuthentications each proxy's inbound policy is
     /// computed from (`discovery::snapshot_for`); part of the version.
     pub mtls: MtlsInputs,
-    /// The mesh root namespace the inbound policies are computed with.
+    /// The mesh root namespace the inbound and authorization policies are
+    /// selected with.
     pub root_namespace: String,
+    /// Every AuthorizationPolicy (an invalid one in its fail-closed form),
+    /// in (namespace, name) order; `authz::authorization_for` picks each
+    /// proxy's. Part of the version.
+    pub authorization: Vec<AuthorizationPolicyDef>,
 }
 
 impl Snapshot {
@@ -38,22 +47,38 @@ impl Snapshot {
     }
 
     /// A snapshot whose proxies get inbound policies computed from `mtls`
-    /// with `root_namespace`; the version covers both.
+    /// with `root_namespace`, and no authorization policies; the version
+    /// covers both.
     pub fn with_mtls(
         services: Vec<pb::Service>,
         endpoints: Vec<pb::ServiceEndpoints>,
         mtls: MtlsInputs,
         root_namespace: &str,
     ) -> Snapshot {
+        Snapshot::with_policies(services, endpoints, mtls, Vec::new(), root_namespace)
+    }
+
+    /// [`Snapshot::with_mtls`] plus the AuthorizationPolicies proxies are
+    /// sent their share of; the version covers them too.
+    pub fn with_policies(
+        services: Vec<pb::Service>,
+        endpoints: Vec<pb::ServiceEndpoints>,
+        mtls: MtlsInputs,
+        mut authorization: Vec<AuthorizationPolicyDef>,
+        root_namespace: &str,
+    ) -> Snapshot {
+        sort_policies(&mut authorization);
         let mut hash = Fnv1a::new();
         hash_content(&mut hash, &services, &endpoints);
         hash_mtls(&mut hash, &mtls, root_namespace);
+        hash_authorization(&mut hash, &authorization);
         Snapshot {
             version: format!("{:016x}", hash.0),
             services,
             endpoints,
             mtls,
             root_namespace: root_namespace.to_owned(),
+            authorization,
         }
     }
 
@@ -185,6 +210,18 @@ fn hash_mtls(hash: &mut Fnv1a, mtls: &MtlsInputs, root_namespace: &str) {
     }
 }
 
+/// Everything proxies are sent of each policy (its wire form) and what
+/// selects it; the workloads and root namespace are in `hash_mtls`.
+fn hash_authorization(hash: &mut Fnv1a, policies: &[AuthorizationPolicyDef]) {
+    hash.write_chunk(b"authorization");
+    hash.write(&(policies.len() as u64).to_le_bytes());
+    for policy in policies {
+        hash_map(hash, &policy.selector);
+        hash.write(&[u8::from(policy.fail_closed)]);
+        hash.write_chunk(&to_wire(policy).encode_to_vec());
+    }
+}
+
 /// Protocol as shown to people: `HTTP`, `GRPC`, ..., `UNSPECIFIED` (detect).
 pub fn protocol_label(protocol: i32) -> String {
     match pb::Protocol::try_from(protocol) {
@@ -202,6 +239,24 @@ pub struct SnapshotView {
     pub version: String,
     pub services: Vec<ServiceView>,
     pub endpoints: Vec<ServiceEndpointsView>,
+    /// Every AuthorizationPolicy, in (namespace, name) order.
+    #[serde(default)]
+    pub authorization: Vec<AuthorizationPolicyView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationPolicyView {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.selector.matchLabels`; absent: no selector.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    pub action: AuthorizationAction,
+    #[serde(default)]
+    pub rules: Vec<AuthorizationRuleDef>,
+    /// The policy is invalid and applies in its fail-closed form.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_closed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,6 +335,18 @@ impl From<&Snapshot> for SnapshotView {
                             mesh_port: e.mesh_port,
                         })
                         .collect(),
+                })
+                .collect(),
+            authorization: snapshot
+                .authorization
+                .iter()
+                .map(|policy| AuthorizationPolicyView {
+                    namespace: policy.namespace.clone(),
+                    name: policy.name.clone(),
+                    selector: policy.selector.clone(),
+                    action: policy.action,
+                    rules: policy.rules.clone(),
+                    fail_closed: policy.fail_closed,
                 })
                 .collect(),
         }

@@ -54,7 +54,13 @@ pub fn compile_dir_in(dir: &Path, root_namespace: &str) -> Result<Compiled, Erro
         ..
     } = translation.snapshot;
     Ok(Compiled {
-        snapshot: Snapshot::with_mtls(services, endpoints, mtls.clone(), root_namespace),
+        snapshot: Snapshot::with_policies(
+            services,
+            endpoints,
+            mtls.clone(),
+            loaded.config.authorization_policies.clone(),
+            root_namespace,
+        ),
         tokens: WorkloadTokens::from_config(&loaded.config),
         mtls,
         errors: loaded.errors,

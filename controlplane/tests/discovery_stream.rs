@@ -402,3 +402,92 @@ async fn a_peer_authentication_change_pushes_the_new_inbound_mode() {
         Some(&(pb::MtlsMode::Strict as i32))
     );
 }
+
+fn peer_authentication(mode: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: default\nspec:\n  mtls:\n    mode: {mode}\n"
+    )
+}
+
+/// The mode a response tells clients for backend-a.
+fn client_mode(response: &pb::DiscoveryResponse) -> i32 {
+    response
+        .endpoints
+        .iter()
+        .flat_map(|set| set.endpoints.iter())
+        .find(|e| e.workload_name == "backend-a")
+        .and_then(|e| e.mtls.as_ref())
+        .map(|m| m.default_mode)
+        .unwrap_or_else(|| panic!("no mtls for backend-a in {response:?}"))
+}
+
+fn server_mode(response: &pb::DiscoveryResponse) -> i32 {
+    response.inbound.as_ref().map_or(0, |i| i.default_mode)
+}
+
+/// DISABLE → STRICT over real streams: clients are told mTLS at once, the
+/// server keeps PERMISSIVE until the client ACKs, then gets STRICT. Back to
+/// DISABLE: the server relaxes first, clients go plaintext after its ACK.
+#[tokio::test]
+async fn disable_to_strict_is_sequenced_by_acks() {
+    use pb::MtlsMode::{Disable, Permissive, Strict};
+    let dir = temp_dir();
+    write_config(dir.path(), "services.yaml", BACKEND_SERVICE);
+    write_config(
+        dir.path(),
+        "pod-a.yaml",
+        &workload_entry("backend-a", "198.18.0.1"),
+    );
+    write_config(dir.path(), "pa.yaml", &peer_authentication("DISABLE"));
+    let knitd = start(dir.path()).await;
+    let connect = |pod: &'static str| {
+        Proxy::connect(
+            &knitd,
+            pb::DiscoveryRequest {
+                node: Some(node(pod)),
+                ..Default::default()
+            },
+        )
+    };
+    let mut server = connect("backend-a")
+        .await
+        .unwrap_or_else(|status| panic!("stream refused: {status}"));
+    let mut client = connect("frontend")
+        .await
+        .unwrap_or_else(|status| panic!("stream refused: {status}"));
+    let s1 = server.expect_response(DEADLINE).await;
+    let c1 = client.expect_response(DEADLINE).await;
+    assert_eq!(server_mode(&s1), Disable as i32);
+    assert_eq!(client_mode(&c1), Disable as i32);
+    server.ack(&s1).await;
+    client.ack(&c1).await;
+
+    write_config(dir.path(), "pa.yaml", &peer_authentication("STRICT"));
+    let s2 = server.expect_response(PUSH_DEADLINE).await;
+    let c2 = client.expect_response(PUSH_DEADLINE).await;
+    assert_eq!(client_mode(&c2), Strict as i32, "clients go mTLS first");
+    assert_eq!(server_mode(&s2), Permissive as i32, "the server waits");
+    server.ack(&s2).await;
+    // Nothing more until the client answers.
+    let early = tokio::time::timeout(Duration::from_millis(300), server.responses.message()).await;
+    assert!(early.is_err(), "STRICT before the client ACKed: {early:?}");
+    client.ack(&c2).await;
+    // After the drain time (requests routed before the ACK).
+    let s3 = server.expect_response(DEADLINE).await;
+    assert_eq!(server_mode(&s3), Strict as i32);
+    assert_eq!(s3.version_info, knitd.state().snapshot().version);
+    server.ack(&s3).await;
+    let c3 = client.expect_response(PUSH_DEADLINE).await;
+    client.ack(&c3).await;
+
+    write_config(dir.path(), "pa.yaml", &peer_authentication("DISABLE"));
+    let s4 = server.expect_response(PUSH_DEADLINE).await;
+    let c4 = client.expect_response(PUSH_DEADLINE).await;
+    assert_eq!(server_mode(&s4), Disable as i32, "the server relaxes first");
+    assert_eq!(client_mode(&c4), Permissive as i32, "clients keep mTLS");
+    client.ack(&c4).await;
+    server.ack(&s4).await;
+    let c5 = client.expect_response(DEADLINE).await;
+    assert_eq!(client_mode(&c5), Disable as i32);
+    assert_eq!(c5.version_info, knitd.state().snapshot().version);
+}

@@ -165,3 +165,187 @@ fn port_level_strict_next_to_permissive() {
     assert!(!t.ok, "port {TCP_ECHO_PORT} is STRICT: {t:?}");
     assert!(stat(&lab, "backend-1", "inbound.errors.mtls_required") >= 1);
 }
+
+/// The mode `pod`'s proxy is told for backend-1's port 8080 (lower case).
+fn client_view(lab: &Lab, pod: &str) -> knit_lab::Result<String> {
+    let dump = lab.proxy_config_dump(pod)?;
+    let mtls = &dump["services"]["default/backend"][0]["endpoints"][0]["mtls"];
+    let mode = mtls["ports"].get("8080").unwrap_or(&mtls["default"]);
+    Ok(mode.as_str().unwrap_or("").to_owned())
+}
+
+/// Sum of `knit_requests_total` samples whose labels include every pair.
+fn requests_with(metrics: &str, labels: &[(&str, &str)]) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("knit_requests_total{"))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn write_mode(lab: &Lab, mode: &str) {
+    lab.write_config(
+        "pa-default.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: default}}\nspec: {{mtls: {{mode: {mode}}}}}\n"
+        ),
+    )
+    .or_logs(lab);
+}
+
+/// DISABLE: meshed callers are told so and send plaintext (the backend
+/// labels their requests `none`, with the caller's workload); PERMISSIVE
+/// again: back to mutual TLS.
+#[test]
+fn disable_makes_meshed_callers_send_plaintext() {
+    let (lab, backend) = mesh("disable");
+    let metrics_url = format!("http://{backend}:15090/metrics");
+    write_mode(&lab, "DISABLE");
+    wait_for_mode(&lab, 8080, "disable");
+    wait_until("frontend to be told DISABLE", PATIENCE, || {
+        Ok(client_view(&lab, "frontend")? == "disable")
+    })
+    .or_logs(&lab);
+
+    let r = lab
+        .run_client("frontend", &ClientSpec::new("http://backend/").count(20))
+        .or_logs(&lab);
+    assert_eq!((r.sent, r.ok), (20, 20), "{r:?}\n{}", lab.logs_tail(20));
+    let metrics = lab.http_get_in_node(&metrics_url).or_logs(&lab).body;
+    let plaintext = [
+        ("reporter", "destination"),
+        ("source_workload", "frontend"),
+        ("connection_security_policy", "none"),
+    ];
+    assert_eq!(requests_with(&metrics, &plaintext), 20, "{metrics}");
+    assert_eq!(
+        requests_with(
+            &metrics,
+            &[
+                ("reporter", "destination"),
+                ("connection_security_policy", "mutual_tls")
+            ]
+        ),
+        0,
+        "{metrics}"
+    );
+
+    write_mode(&lab, "PERMISSIVE");
+    wait_until("frontend to be told PERMISSIVE", PATIENCE, || {
+        Ok(client_view(&lab, "frontend")? == "permissive")
+    })
+    .or_logs(&lab);
+    let r = lab
+        .run_client("frontend", &ClientSpec::new("http://backend/").count(10))
+        .or_logs(&lab);
+    assert_eq!((r.sent, r.ok), (10, 10), "{r:?}");
+    let metrics = lab.http_get_in_node(&metrics_url).or_logs(&lab).body;
+    assert_eq!(
+        requests_with(
+            &metrics,
+            &[
+                ("reporter", "destination"),
+                ("source_workload", "frontend"),
+                (
+                    "source_principal",
+                    "spiffe://cluster.local/ns/default/sa/default"
+                ),
+                ("connection_security_policy", "mutual_tls")
+            ]
+        ),
+        10,
+        "{metrics}"
+    );
+}
+
+/// Acceptance 5 and safe toggling: under steady load (about 200 rps) from a
+/// meshed client, PERMISSIVE → STRICT → PERMISSIVE → DISABLE → STRICT →
+/// DISABLE → PERMISSIVE fails no request. knitd sequences the DISABLE ↔
+/// STRICT steps (clients go mTLS before the server enforces; the server
+/// relaxes before clients go plaintext).
+#[test]
+fn toggling_modes_under_load_fails_no_request() {
+    let (lab, backend) = mesh("toggle");
+    let metrics_url = format!("http://{backend}:15090/metrics");
+    let load = lab
+        .spawn_client(
+            "frontend",
+            &ClientSpec::new("http://backend/")
+                .count(20_000)
+                .concurrency(4)
+                .interval(Duration::from_millis(20))
+                .duration(Duration::from_secs(40)),
+        )
+        .or_logs(&lab);
+    wait_until("load to start", PATIENCE, || {
+        Ok(stat(&lab, "frontend", "outbound.http.requests") >= 50)
+    })
+    .or_logs(&lab);
+
+    let started = std::time::Instant::now();
+    let mut timeline = Vec::new();
+    let steps = [
+        ("STRICT", "strict", "strict"),
+        ("PERMISSIVE", "permissive", "permissive"),
+        ("DISABLE", "disable", "disable"),
+        ("STRICT", "strict", "strict"),
+        ("DISABLE", "disable", "disable"),
+        ("PERMISSIVE", "permissive", "permissive"),
+    ];
+    for (mode, server, client) in steps {
+        let before = stat(&lab, "frontend", "outbound.http.requests");
+        write_mode(&lab, mode);
+        wait_for_mode(&lab, 8080, server);
+        wait_until(&format!("frontend to be told {mode}"), PATIENCE, || {
+            Ok(client_view(&lab, "frontend")? == client)
+        })
+        .or_logs(&lab);
+        // Let traffic run in the new mode before the next change.
+        wait_until("traffic in the new mode", PATIENCE, || {
+            Ok(stat(&lab, "frontend", "outbound.http.requests") >= before + 300)
+        })
+        .or_logs(&lab);
+        timeline.push(format!("{:>6.2}s {mode}", started.elapsed().as_secs_f64()));
+    }
+    let report = load.join().or_logs(&lab);
+    let seconds = report.elapsed_ms as f64 / 1000.0;
+    eprintln!(
+        "{}\n{} requests in {seconds:.1} s ({:.0} rps), {} ok",
+        timeline.join("\n"),
+        report.sent,
+        report.sent as f64 / seconds,
+        report.ok
+    );
+    assert_eq!(
+        report.ok,
+        report.sent,
+        "no request may fail while modes change: {report:?}\n{}",
+        lab.logs_tail(40)
+    );
+    assert!(report.sent >= 1800, "the load ran throughout: {report:?}");
+    let metrics = lab.http_get_in_node(&metrics_url).or_logs(&lab).body;
+    let frontend = |security: &str| {
+        requests_with(
+            &metrics,
+            &[
+                ("reporter", "destination"),
+                ("source_workload", "frontend"),
+                ("connection_security_policy", security),
+            ],
+        )
+    };
+    assert!(
+        frontend("none") > 0 && frontend("mutual_tls") > 0,
+        "both plaintext (DISABLE) and mutual TLS were used: {metrics}"
+    );
+    assert_eq!(
+        stat(&lab, "backend-1", "mesh.errors.mtls_required"),
+        0,
+        "no plaintext request met STRICT"
+    );
+}

@@ -58,6 +58,9 @@ pub enum Error {
     #[error("port {port} requires mutual TLS (PeerAuthentication STRICT); plaintext refused")]
     MtlsRequired { port: u16 },
 
+    #[error("denied by authorization policy {policy}")]
+    RbacDenied { policy: String },
+
     #[error("mutual TLS with peer proxy {peer} failed ({reason}): {detail}")]
     MeshTls {
         peer: SocketAddr,
@@ -133,6 +136,7 @@ impl Error {
             Error::IdleTimeout { .. } => "idle_timeout",
             Error::MeshTls { .. } => "mesh_tls_failed",
             Error::MtlsRequired { .. } => "mtls_required",
+            Error::RbacDenied { .. } => "rbac_denied",
             Error::NoIdentity => "identity_unavailable",
             Error::EndpointIdentity { .. } => "invalid_endpoint_identity",
             Error::BadRequest(_) => "bad_request",
@@ -148,7 +152,9 @@ impl Error {
 
     pub fn origin(&self) -> ErrorOrigin {
         match self {
-            Error::NoEndpoints { .. } | Error::MtlsRequired { .. } => ErrorOrigin::Policy,
+            Error::NoEndpoints { .. } | Error::MtlsRequired { .. } | Error::RbacDenied { .. } => {
+                ErrorOrigin::Policy
+            }
             Error::UpstreamConnect { .. }
             | Error::UpstreamConnectTimeout { .. }
             | Error::UpstreamHandshake { .. }
@@ -188,7 +194,7 @@ impl Error {
             Error::BadRequest(_) | Error::SelfLoop(_) | Error::ProxyPort(_) => {
                 StatusCode::BAD_REQUEST
             }
-            Error::MtlsRequired { .. } => StatusCode::FORBIDDEN,
+            Error::MtlsRequired { .. } | Error::RbacDenied { .. } => StatusCode::FORBIDDEN,
             Error::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Error::UpstreamRequest { .. }
@@ -247,6 +253,15 @@ mod tests {
                 400,
             ),
             (
+                Error::RbacDenied {
+                    policy: "shop/deny-admin".into(),
+                },
+                "rbac_denied",
+                ErrorOrigin::Policy,
+                false,
+                403,
+            ),
+            (
                 Error::SelfLoop(addr),
                 "self_loop",
                 ErrorOrigin::Downstream,
@@ -259,6 +274,11 @@ mod tests {
             assert_eq!(err.origin(), origin, "{err}");
             assert_eq!(err.is_retryable(), retry, "{err}");
             assert_eq!(err.status().as_u16(), status, "{err}");
+            // Every reason has its own /stats counter, not "other".
+            assert!(
+                crate::stats::ERROR_REASONS.contains(&reason),
+                "{reason} is missing from stats::ERROR_REASONS"
+            );
         }
     }
 }

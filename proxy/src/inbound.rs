@@ -1,6 +1,11 @@
 //! The inbound listener (15006): connections to this pod, redirected here
 //! by iptables. accept → original dst (this pod's IP and the app's port) →
 //! detect → HTTP per request | TCP → the local app.
+//!
+//! Clients here have no Knit proxy, hence no identity: the
+//! AuthorizationPolicies see them as plaintext sources. HTTP requests are
+//! normalized and authorized one by one; a TCP connection is authorized
+//! once, before the app is connected.
 
 use std::sync::Arc;
 
@@ -11,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::addr::{ClientAddr, OrigDstAddr};
+use crate::authz::{Attributes, HttpAttributes, authorize, normalize_request, request_authority};
 use crate::config::snapshot::Upstream;
 use crate::context::ProxyContext;
 use crate::detect::{Detected, detect, is_server_first};
@@ -108,6 +114,12 @@ pub async fn handle_connection(
             .await;
         }
         Detected::Tls | Detected::Opaque | Detected::Timeout => {
+            if let Err(e) = authorize_connection(&ctx, client, orig_dst) {
+                // Logged where it was decided; closed before the app is
+                // connected.
+                stats.errors.record(e.reason());
+                return;
+            }
             inc(&stats.tcp_connections);
             ctx.metrics
                 .tcp_opened(destination_labels(&ctx, &http::HeaderMap::new()));
@@ -127,11 +139,53 @@ pub async fn handle_connection(
     }
 }
 
+/// Checks the AuthorizationPolicies for a TCP connection.
+fn authorize_connection(
+    ctx: &ProxyContext,
+    client: ClientAddr,
+    orig_dst: OrigDstAddr,
+) -> Result<(), Error> {
+    let config = ctx.config.load();
+    let request = Attributes {
+        source: None,
+        source_ip: client.0.ip(),
+        destination_ip: orig_dst.0.ip(),
+        destination_port: orig_dst.0.port(),
+        http: None,
+    };
+    authorize(&config.authorization, &request, "inbound", client)
+}
+
 /// Delivers each request to the local app at the original destination.
 struct InboundHttp {
     ctx: Arc<ProxyContext>,
     client: ClientAddr,
     orig_dst: OrigDstAddr,
+}
+
+impl InboundHttp {
+    /// Normalizes the request (the app gets exactly what was decided on)
+    /// and checks the AuthorizationPolicies.
+    fn admit<B>(&self, req: &mut Request<B>) -> Result<(), Error> {
+        normalize_request(req)?;
+        let config = self.ctx.config.load();
+        if config.authorization.is_empty() {
+            return Ok(());
+        }
+        let request = Attributes {
+            source: None,
+            source_ip: self.client.0.ip(),
+            destination_ip: self.orig_dst.0.ip(),
+            destination_port: self.orig_dst.0.port(),
+            http: Some(HttpAttributes::new(
+                req.method().as_str(),
+                request_authority(req),
+                req.uri().path(),
+                req.headers(),
+            )),
+        };
+        authorize(&config.authorization, &request, "inbound", self.client)
+    }
 }
 
 impl HttpHandler for InboundHttp {
@@ -144,7 +198,9 @@ impl HttpHandler for InboundHttp {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let app = self.orig_dst.0;
-        let result = if is_upgrade(&req) {
+        let result = if let Err(e) = self.admit(&mut req) {
+            Err(e)
+        } else if is_upgrade(&req) {
             match self.ctx.pools.app.connect_stream(app).await {
                 Ok(stream) => forward_upgrade(TokioIo::new(stream), req, app).await,
                 Err(e) => Err(e),
@@ -165,7 +221,10 @@ impl HttpHandler for InboundHttp {
             Ok(resp) => resp,
             Err(e) => {
                 stats.errors.record(e.reason());
-                warn!(client = %self.client, orig_dst = %self.orig_dst, %method, %path, reason = e.reason(), error = %e, "inbound request failed");
+                // A denial was logged where it was decided.
+                if !matches!(e, Error::RbacDenied { .. }) {
+                    warn!(client = %self.client, orig_dst = %self.orig_dst, %method, %path, reason = e.reason(), error = %e, "inbound request failed");
+                }
                 error_response(&e)
             }
         };

@@ -5,6 +5,7 @@
 
 pub mod addr;
 pub mod admin;
+pub mod authz;
 pub mod config;
 pub mod context;
 pub mod detect;

@@ -29,7 +29,7 @@ pub struct ErrorCounters {
     counts: [AtomicU64; ERROR_REASONS.len()],
 }
 
-pub const ERROR_REASONS: [&str; 16] = [
+pub const ERROR_REASONS: [&str; 17] = [
     "no_endpoints",
     "upstream_connect_failed",
     "upstream_connect_timeout",
@@ -40,6 +40,7 @@ pub const ERROR_REASONS: [&str; 16] = [
     "idle_timeout",
     "mesh_tls_failed",
     "mtls_required",
+    "rbac_denied",
     "identity_unavailable",
     "invalid_endpoint_identity",
     "bad_request",

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -133,12 +134,216 @@ pub enum PeerMtlsMode {
     Strict,
 }
 
+/// Every apiVersion accepted for `AuthorizationPolicy`: ours first, then
+/// Istio's, so existing Istio YAML loads unchanged.
+pub const AUTHORIZATION_POLICY_API_VERSIONS: [&str; 3] = [
+    "mesh.knit.dev/v1alpha1",
+    "security.istio.io/v1beta1",
+    "security.istio.io/v1",
+];
+
+/// Which requests may reach the selected workloads, in Istio's shape. Scope
+/// follows from where it lives: in the mesh root namespace it applies to
+/// every workload of the mesh (with a selector: the selected workloads of
+/// every namespace); in another namespace, to every workload of that
+/// namespace (with a selector: the selected ones).
+///
+/// Unknown fields are rejected rather than ignored: a misspelt field of an
+/// authorization policy would silently widen or narrow what it matches.
+#[derive(
+    CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema,
+)]
+#[kube(
+    group = "mesh.knit.dev",
+    version = "v1alpha1",
+    kind = "AuthorizationPolicy",
+    plural = "authorizationpolicies",
+    doc = "Access control for a workload's inbound requests (Istio's AuthorizationPolicy).",
+    namespaced,
+    derive = "PartialEq",
+    category = "knit",
+    printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationPolicySpec {
+    /// Workloads the policy applies to; absent (or no labels): every workload
+    /// of the namespace (of the mesh, in the root namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<PeerWorkloadSelector>,
+    /// What a matching request gets; absent means `ALLOW`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<PolicyAction>,
+    /// A request matches the policy when it matches any rule. An ALLOW
+    /// policy without rules allows nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<PolicyRule>,
+    /// Not supported by Knit (external authorizers); a policy setting it is
+    /// rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<PolicyProvider>,
+    /// Not supported by Knit (policies attached to gateways or services); a
+    /// policy setting it is rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<PolicyTargetReference>,
+    /// Not supported by Knit; a policy setting it is rejected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<PolicyTargetReference>,
+}
+
+/// Istio's authorization actions as written in YAML.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PolicyAction {
+    /// Requests matching a rule are allowed; once any ALLOW policy applies
+    /// to a workload, requests matching none are denied.
+    #[serde(rename = "ALLOW")]
+    Allow,
+    /// Requests matching a rule are denied; checked before ALLOW.
+    #[serde(rename = "DENY")]
+    Deny,
+    /// Requests matching a rule are recorded, never refused.
+    #[serde(rename = "AUDIT")]
+    Audit,
+    /// Not supported by Knit (external authorizers); rejected.
+    #[serde(rename = "CUSTOM")]
+    Custom,
+}
+
+/// One rule: it matches when some `from` matches (or there is none), some
+/// `to` matches (or there is none) and every `when` holds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    /// Where the request comes from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<RuleFrom>,
+    /// What the request asks for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<RuleTo>,
+    /// Further conditions on the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<RuleCondition>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFrom {
+    /// Required, with at least one field set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<RuleSource>,
+}
+
+/// Where a request comes from. Every field set must match. Strings match
+/// exactly, by prefix (`abc*`), by suffix (`*abc`) or by presence (`*`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleSource {
+    /// Peer identities from mutual TLS, written without `spiffe://`
+    /// (`cluster.local/ns/shop/sa/web`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_principals: Vec<String>,
+    /// Namespaces of the peer's identity (mutual TLS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_namespaces: Vec<String>,
+    /// Addresses or CIDR blocks of the connection's source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_blocks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ip_blocks: Vec<String>,
+    /// Not supported by Knit (request authentication); rejected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<String>,
+    /// Not supported by Knit (request authentication); rejected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_request_principals: Vec<String>,
+    /// Not supported by Knit (addresses from forwarding headers); rejected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_ip_blocks: Vec<String>,
+    /// Not supported by Knit (addresses from forwarding headers); rejected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_remote_ip_blocks: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleTo {
+    /// Required, with at least one field set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<RuleOperation>,
+}
+
+/// What a request asks for. Every field set must match; strings match as
+/// in `source`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleOperation {
+    /// Host (authority) of the request, matched case-insensitively.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_hosts: Vec<String>,
+    /// Ports of the workload (the target port), as numbers or strings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<IntOrString>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ports: Vec<IntOrString>,
+    /// HTTP methods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_methods: Vec<String>,
+    /// Request paths, without the query.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_paths: Vec<String>,
+}
+
+/// Holds when the attribute `key` matches one of `values` (if any) and none
+/// of `notValues`. Keys: `source.ip`, `source.namespace`, `source.principal`,
+/// `destination.ip`, `destination.port`, `request.headers[<name>]`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleCondition {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_values: Vec<String>,
+}
+
+/// Istio's external authorizer reference (CUSTOM action); only read to be
+/// rejected.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct PolicyProvider {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Istio's policy attachment to a gateway or service; only read to be
+/// rejected.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct PolicyTargetReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
 /// A kind the loader dispatches on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KnownKind {
     Service,
     WorkloadEntry,
     PeerAuthentication,
+    AuthorizationPolicy,
 }
 
 impl KnownKind {
@@ -147,6 +352,7 @@ impl KnownKind {
             KnownKind::Service => "Service",
             KnownKind::WorkloadEntry => "WorkloadEntry",
             KnownKind::PeerAuthentication => "PeerAuthentication",
+            KnownKind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 }
@@ -161,6 +367,9 @@ pub fn classify(api_version: &str, kind: &str) -> Option<KnownKind> {
         "PeerAuthentication" if PEER_AUTHENTICATION_API_VERSIONS.contains(&api_version) => {
             Some(KnownKind::PeerAuthentication)
         }
+        "AuthorizationPolicy" if AUTHORIZATION_POLICY_API_VERSIONS.contains(&api_version) => {
+            Some(KnownKind::AuthorizationPolicy)
+        }
         _ => None,
     }
 }
@@ -171,6 +380,9 @@ pub const WORKLOAD_ENTRY_CRD_PATH: &str = "manifests/crds/workloadentry.yaml";
 /// Path of the checked-in PeerAuthentication CRD, relative to the repository root.
 pub const PEER_AUTHENTICATION_CRD_PATH: &str = "manifests/crds/peerauthentication.yaml";
 
+/// Path of the checked-in AuthorizationPolicy CRD, relative to the repository root.
+pub const AUTHORIZATION_POLICY_CRD_PATH: &str = "manifests/crds/authorizationpolicy.yaml";
+
 /// The WorkloadEntry CRD as YAML, exactly as checked in under `manifests/crds/`.
 pub fn workload_entry_crd_yaml() -> Result<String, Error> {
     crd_yaml::<WorkloadEntry>("WorkloadEntry")
@@ -179,6 +391,11 @@ pub fn workload_entry_crd_yaml() -> Result<String, Error> {
 /// The PeerAuthentication CRD as YAML, exactly as checked in under `manifests/crds/`.
 pub fn peer_authentication_crd_yaml() -> Result<String, Error> {
     crd_yaml::<PeerAuthentication>("PeerAuthentication")
+}
+
+/// The AuthorizationPolicy CRD as YAML, exactly as checked in under `manifests/crds/`.
+pub fn authorization_policy_crd_yaml() -> Result<String, Error> {
+    crd_yaml::<AuthorizationPolicy>("AuthorizationPolicy")
 }
 
 fn crd_yaml<K: CustomResourceExt>(kind: &'static str) -> Result<String, Error> {
@@ -240,6 +457,23 @@ mod tests {
                 Some(KnownKind::PeerAuthentication),
             ),
             ("security.istio.io/v1alpha1", "PeerAuthentication", None),
+            (
+                "mesh.knit.dev/v1alpha1",
+                "AuthorizationPolicy",
+                Some(KnownKind::AuthorizationPolicy),
+            ),
+            (
+                "security.istio.io/v1beta1",
+                "AuthorizationPolicy",
+                Some(KnownKind::AuthorizationPolicy),
+            ),
+            (
+                "security.istio.io/v1",
+                "AuthorizationPolicy",
+                Some(KnownKind::AuthorizationPolicy),
+            ),
+            ("security.istio.io/v1alpha1", "AuthorizationPolicy", None),
+            ("networking.istio.io/v1", "AuthorizationPolicy", None),
             ("networking.istio.io/v1", "PeerAuthentication", None),
             ("v1", "WorkloadEntry", None),
             ("v1", "ConfigMap", None),
@@ -269,6 +503,13 @@ mod tests {
         assert_eq!(crd.spec.names.plural, "peerauthentications");
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.versions[0].name, "v1alpha1");
+
+        let crd = AuthorizationPolicy::crd();
+        assert_eq!(crd.spec.group, MESH_GROUP);
+        assert_eq!(crd.spec.names.kind, "AuthorizationPolicy");
+        assert_eq!(crd.spec.names.plural, "authorizationpolicies");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.versions[0].name, "v1alpha1");
     }
 
     /// The checked-in CRDs must match the Rust types; set KNIT_UPDATE_GOLDEN=1
@@ -276,7 +517,7 @@ mod tests {
     #[test]
     fn crd_golden_files_match_the_types() {
         type Render = fn() -> Result<String, Error>;
-        let crds: [(&str, &str, Render); 2] = [
+        let crds: [(&str, &str, Render); 3] = [
             (
                 "WorkloadEntry",
                 WORKLOAD_ENTRY_CRD_PATH,
@@ -286,6 +527,11 @@ mod tests {
                 "PeerAuthentication",
                 PEER_AUTHENTICATION_CRD_PATH,
                 peer_authentication_crd_yaml,
+            ),
+            (
+                "AuthorizationPolicy",
+                AUTHORIZATION_POLICY_CRD_PATH,
+                authorization_policy_crd_yaml,
             ),
         ];
         for (kind, relative, render) in crds {

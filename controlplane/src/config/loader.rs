@@ -5,10 +5,15 @@
 use std::fs;
 use std::path::Path;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::kinds::{KnownKind, PeerAuthentication, Service, WorkloadEntry, classify};
+use super::kinds::{
+    AuthorizationPolicy, KnownKind, PeerAuthentication, PeerWorkloadSelector, Service,
+    WorkloadEntry, classify,
+};
 use super::source::{DocumentText, list_config_files, split_documents};
 use super::validate;
 use crate::error::Error;
@@ -23,6 +28,70 @@ pub enum ParsedResource {
     Service(Box<Service>),
     WorkloadEntry(Box<WorkloadEntry>),
     PeerAuthentication(Box<PeerAuthentication>),
+    AuthorizationPolicy(Box<AuthorizationPolicyDocument>),
+}
+
+/// An AuthorizationPolicy as read. When its spec does not parse, what
+/// places it (metadata, selector) and its action may still be readable:
+/// enough to apply it fail-closed instead of dropping it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthorizationPolicyDocument {
+    Parsed(AuthorizationPolicy),
+    Unparsed(UnparsedAuthorizationPolicy),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnparsedAuthorizationPolicy {
+    pub metadata: ObjectMeta,
+    pub selector: Option<PeerWorkloadSelector>,
+    /// `spec.action` as written, if present.
+    pub action: Option<Value>,
+    /// Where parsing failed (`None`: the document as a whole) and why.
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+/// The part of an AuthorizationPolicy that decides where and how it applies
+/// fail-closed; every other field is ignored here.
+#[derive(Deserialize)]
+struct AuthorizationPolicyHead {
+    #[serde(default)]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: AuthorizationPolicyHeadSpec,
+}
+
+#[derive(Deserialize, Default)]
+struct AuthorizationPolicyHeadSpec {
+    #[serde(default)]
+    selector: Option<PeerWorkloadSelector>,
+    #[serde(default)]
+    action: Option<Value>,
+}
+
+/// Reads an AuthorizationPolicy; a spec that does not parse still yields
+/// the readable head. When the head itself is unreadable, its problem is
+/// the one reported: it is why the policy applies nowhere.
+fn authorization_policy(value: Value, at: &DocumentRef) -> Result<ParsedResource, Problem> {
+    let (field, reason) = match typed_or_reason::<AuthorizationPolicy>(value.clone()) {
+        Ok(policy) => {
+            return Ok(ParsedResource::AuthorizationPolicy(Box::new(
+                AuthorizationPolicyDocument::Parsed(policy),
+            )));
+        }
+        Err(problem) => problem,
+    };
+    let head = typed_or_reason::<AuthorizationPolicyHead>(value)
+        .map_err(|problem| Problem::Error(problem_error(problem, at)))?;
+    Ok(ParsedResource::AuthorizationPolicy(Box::new(
+        AuthorizationPolicyDocument::Unparsed(UnparsedAuthorizationPolicy {
+            metadata: head.metadata,
+            selector: head.spec.selector,
+            action: head.spec.action,
+            field,
+            reason,
+        }),
+    )))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +240,7 @@ fn parse_document(
         KnownKind::PeerAuthentication => {
             ParsedResource::PeerAuthentication(Box::new(typed(value, &at)?))
         }
+        KnownKind::AuthorizationPolicy => authorization_policy(value, &at)?,
     };
     Ok(Some(ParsedDocument { at, resource }))
 }
@@ -202,22 +272,31 @@ fn required_string(
 
 /// Deserializes into a kind's Rust type, naming the field path on failure.
 fn typed<T: DeserializeOwned>(value: Value, at: &DocumentRef) -> Result<T, Problem> {
+    typed_or_reason(value).map_err(|problem| Problem::Error(problem_error(problem, at)))
+}
+
+/// Deserializes into `T`; on failure, the field path (`None`: the document
+/// as a whole) and the reason.
+fn typed_or_reason<T: DeserializeOwned>(value: Value) -> Result<T, (Option<String>, String)> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let field = err.path().to_string();
         let reason = err.inner().to_string();
-        Problem::Error(if field == "." {
-            Error::Document {
-                at: Box::new(at.clone()),
-                reason,
-            }
-        } else {
-            Error::Field {
-                at: Box::new(at.clone()),
-                field,
-                reason,
-            }
-        })
+        ((field != ".").then_some(field), reason)
     })
+}
+
+fn problem_error((field, reason): (Option<String>, String), at: &DocumentRef) -> Error {
+    match field {
+        None => Error::Document {
+            at: Box::new(at.clone()),
+            reason,
+        },
+        Some(field) => Error::Field {
+            at: Box::new(at.clone()),
+            field,
+            reason,
+        },
+    }
 }
 
 fn json_type_name(value: &Value) -> &'static str {

@@ -6,8 +6,10 @@ pub mod loader;
 pub mod names;
 pub mod source;
 pub mod validate;
+pub mod validate_authz;
 
 pub use kinds::{
-    PeerAuthentication, PeerAuthenticationSpec, Service, WorkloadEntry, WorkloadEntrySpec,
+    AuthorizationPolicy, AuthorizationPolicySpec, PeerAuthentication, PeerAuthenticationSpec,
+    Service, WorkloadEntry, WorkloadEntrySpec,
 };
 pub use loader::{LoadedConfig, load_dir};

@@ -15,6 +15,7 @@ use super::names::{
     check_dns1035_label, check_dns1123_label, check_dns1123_subdomain, check_label_key,
     check_label_value, check_port_name,
 };
+use super::validate_authz::validate_authorization_policy;
 use crate::error::Error;
 use crate::model::{
     DocumentRef, MESH_PORT, MeshConfig, MtlsMode, PROXY_ANNOTATION, PeerAuthenticationDef,
@@ -32,14 +33,14 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(super) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         FieldError {
             field: field.into(),
             reason: reason.into(),
         }
     }
 
-    fn at(self, origin: &DocumentRef) -> Error {
+    pub(super) fn at(self, origin: &DocumentRef) -> Error {
         Error::Field {
             at: Box::new(origin.clone()),
             field: self.field,
@@ -52,7 +53,7 @@ fn check(field: impl Into<String>, result: Result<(), String>) -> Result<(), Fie
     result.map_err(|reason| FieldError::new(field, reason))
 }
 
-fn valid_port(field: &str, value: i64) -> Result<u16, FieldError> {
+pub(super) fn valid_port(field: &str, value: i64) -> Result<u16, FieldError> {
     match u16::try_from(value) {
         Ok(port) if port != 0 => Ok(port),
         _ => Err(FieldError::new(
@@ -62,7 +63,7 @@ fn valid_port(field: &str, value: i64) -> Result<u16, FieldError> {
     }
 }
 
-fn name_and_namespace(
+pub(super) fn name_and_namespace(
     name: Option<&String>,
     namespace: Option<&String>,
     check_name: fn(&str) -> Result<(), String>,
@@ -80,7 +81,10 @@ fn name_and_namespace(
     Ok((name, namespace))
 }
 
-fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
+pub(super) fn check_labels(
+    field: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), FieldError> {
     for (key, value) in labels {
         check(field, check_label_key(key))?;
         check(format!("{field}.{key}"), check_label_value(value))?;
@@ -392,6 +396,7 @@ pub fn assemble(documents: Vec<ParsedDocument>) -> (MeshConfig, Vec<Error>) {
     let mut addresses: HashMap<IpAddr, (String, DocumentRef)> = HashMap::new();
     let mut tokens: HashMap<TokenDigest, (String, DocumentRef)> = HashMap::new();
     let mut peer_authentications: HashMap<(String, String), DocumentRef> = HashMap::new();
+    let mut authorization_policies: HashMap<(String, String), DocumentRef> = HashMap::new();
 
     for document in documents {
         let origin = document.at;
@@ -501,6 +506,25 @@ pub fn assemble(documents: Vec<ParsedDocument>) -> (MeshConfig, Vec<Error>) {
                 }
                 peer_authentications.insert(key, origin.clone());
                 config.peer_authentications.push(policy);
+            }
+            ParsedResource::AuthorizationPolicy(document) => {
+                // An invalid policy may still come with its fail-closed
+                // stand-in, which applies (and counts for duplicates) like
+                // a valid one.
+                let outcome = validate_authorization_policy(&document, &origin);
+                let Some(policy) = outcome.policy else {
+                    errors.extend(outcome.error);
+                    continue;
+                };
+                let id = format!("{}/{}", policy.namespace, policy.name);
+                let key = (policy.namespace.clone(), policy.name.clone());
+                if let Some(first) = authorization_policies.get(&key) {
+                    errors.push(duplicate("AuthorizationPolicy", &id, first).at(&origin));
+                    continue;
+                }
+                errors.extend(outcome.error);
+                authorization_policies.insert(key, origin.clone());
+                config.authorization_policies.push(policy);
             }
         }
     }

@@ -126,6 +126,8 @@ pub struct Snapshot {
     pub services: BTreeMap<String, Vec<Arc<ServiceTarget>>>,
     /// Whether this workload takes mutual TLS, plaintext or both, per app port.
     pub inbound: InboundModes,
+    /// The AuthorizationPolicies of this workload, compiled.
+    pub authorization: crate::authz::AuthorizationPolicies,
     #[serde(skip)]
     by_vip: HashMap<SocketAddr, Arc<ServiceTarget>>,
 }
@@ -222,10 +224,12 @@ impl Snapshot {
             return Err(invalid(format!("endpoints for unknown service {orphan}")));
         }
         let inbound = InboundModes::from_proto(resp.inbound.as_ref(), "inbound")?;
+        let authorization = crate::authz::AuthorizationPolicies::from_proto(&resp.authorization)?;
         Ok(Snapshot {
             version: resp.version_info.clone(),
             services,
             inbound,
+            authorization,
             by_vip,
         })
     }

@@ -30,6 +30,7 @@
 //! | head larger than `http_max_header_bytes` | 431 (hyper: 431 at its buffer limit, ~400 KiB) | closed | nothing |
 //! | more than `http_max_headers` fields | 431 (hyper: 431 above 100) | closed | nothing |
 //! | request target longer than `http_max_uri_bytes` | 414 (hyper: 414 above 64 KiB) | closed | nothing |
+//! | fragment (`#`) in the request target | 400 (hyper: fragment dropped, request served) | closed | nothing |
 //! | chunk size not 1-16 hex digits, `0x3`, `3 ` (hyper accepts), bare LF, data not followed by CRLF, oversized trailers | 400 if the response is still to be sent, else just closed (hyper: 502, its upstream call failed) | closed | the head and the body up to the error, never a next request |
 //! | head not complete `http_header_read_timeout` after its first byte (slowloris) | none | closed | nothing |
 //!
@@ -792,6 +793,12 @@ fn request_line(line: &[u8], limits: &HeadLimits) -> Result<RequestLine, Error> 
     if target.is_empty() || !target.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
         return Err(bad("invalid request target"));
     }
+    // A client never sends a fragment (RFC 9110 §7.1); hyper would drop it
+    // and serve the rest, so what the app and a policy see would differ
+    // from what the client wrote.
+    if target.contains(&b'#') {
+        return Err(bad("fragment in the request target"));
+    }
     let http10 = match version {
         b"HTTP/1.1" => false,
         b"HTTP/1.0" => true,
@@ -1039,6 +1046,8 @@ mod tests {
             (b"GET / HTTP/1.1\r\n\r\n", Err("bad_request")),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Err("bad_request")),
             (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", Err("bad_request")),
+            (b"GET /admin#x HTTP/1.1\r\nHost: a\r\n\r\n", Err("bad_request")),
+            (b"GET /a?b#c HTTP/1.1\r\nHost: a\r\n\r\n", Err("bad_request")),
             (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", Err("bad_request")),
             (b"GET / HTTP/1.1\r\nHost: a\r\n1: a\r\n2: a\r\n3: a\r\n4: a\r\n5: a\r\n6: a\r\n7: a\r\n8: a\r\n\r\n", Err("headers_too_large")),
         ];

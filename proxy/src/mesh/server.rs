@@ -1,6 +1,11 @@
 //! The mesh listener (15008): HTTP/2 from peer proxies, delivered to this
 //! pod's app. Requests name their app port in `x-knit-target-port`; CONNECT
 //! streams become tunnels to `pod-ip:port`.
+//!
+//! Before anything reaches the app: the port's mTLS mode, then (requests)
+//! normalization, then this workload's AuthorizationPolicies, with the
+//! peer's verified SPIFFE ID as the source (none on plaintext). A tunnel is
+//! authorized as a TCP connection.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,6 +22,7 @@ use super::{
     TARGET_PORT_HEADER,
 };
 use crate::addr::ClientAddr;
+use crate::authz::{Attributes, HttpAttributes, authorize, normalize_request, request_authority};
 use crate::config::snapshot::Upstream;
 use crate::context::ProxyContext;
 use crate::error::Error;
@@ -161,7 +167,10 @@ impl MeshInbound {
         };
         let resp = result.unwrap_or_else(|e| {
             stats.errors.record(e.reason());
-            warn!(client = %self.client, reason = e.reason(), error = %e, "mesh request failed");
+            // A denial was logged where it was decided, with what was asked.
+            if !matches!(e, Error::RbacDenied { .. }) {
+                warn!(client = %self.client, reason = e.reason(), error = %e, "mesh request failed");
+            }
             error_response(&e)
         });
         if is_tunnel {
@@ -195,6 +204,32 @@ impl MeshInbound {
         Ok(app)
     }
 
+    /// Checks the AuthorizationPolicies for a request to app port `port`
+    /// (normalized already), or for a tunnel (`req` is `None`).
+    fn authorize<B>(&self, port: u16, req: Option<&Request<B>>) -> Result<(), Error> {
+        let config = self.ctx.config.load();
+        let policies = &config.authorization;
+        if policies.is_empty() {
+            return Ok(());
+        }
+        let http = req.map(|req| {
+            HttpAttributes::new(
+                req.method().as_str(),
+                request_authority(req),
+                req.uri().path(),
+                req.headers(),
+            )
+        });
+        let request = Attributes {
+            source: self.peer_id.as_ref(),
+            source_ip: self.client.0.ip(),
+            destination_ip: self.pod_ip,
+            destination_port: port,
+            http,
+        };
+        authorize(policies, &request, "mesh", self.client)
+    }
+
     async fn deliver(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
         let port = req
             .headers()
@@ -209,6 +244,9 @@ impl MeshInbound {
         };
         req.headers_mut().remove(TARGET_PORT_HEADER);
         req.headers_mut().remove(ORIG_PROTO_HEADER);
+        // The app gets exactly the request the decision was made on.
+        normalize_request(&mut req)?;
+        self.authorize(port, Some(&req))?;
         let route = Route {
             direct: &self.ctx.pools.app,
             direct_version: app_version,
@@ -225,6 +263,7 @@ impl MeshInbound {
             Error::BadRequest(format!("CONNECT target {} has no port", req.uri()))
         })?;
         let app = self.app_addr(port)?;
+        self.authorize(port, None::<&Request<Incoming>>)?;
         let mut app_stream = self.ctx.pools.app.connect_stream(app).await?;
         let client = self.client;
         let idle = self.ctx.settings.tcp_idle_timeout;
