@@ -63,6 +63,8 @@ pub struct DebugSources {
     pub serving: Option<Arc<ServingCert>>,
     /// The mesh root namespace, for `/debug/mtls`.
     pub root_namespace: String,
+    /// What proxies are sent now, for `/debug/rollout`.
+    pub rollout: Arc<crate::rollout::Rollout>,
 }
 
 /// `/debug/ca`: the CA, its bundle and knitd's own certificate; only
@@ -87,6 +89,7 @@ pub fn route(method: &Method, path: &str, sources: &DebugSources) -> Reply {
             | "/debug/ca"
             | "/debug/mtls"
             | "/debug/authz"
+            | "/debug/rollout"
     );
     if !known {
         return Reply::text(StatusCode::NOT_FOUND, format!("no such page: {path}\n"));
@@ -104,6 +107,7 @@ pub fn route(method: &Method, path: &str, sources: &DebugSources) -> Reply {
         }),
         "/debug/mtls" => Reply::json(&crate::mtls::view(&state.mtls(), &sources.root_namespace)),
         "/debug/authz" => Reply::json(&crate::authz::view(&state.snapshot())),
+        "/debug/rollout" => Reply::json(&sources.rollout.view()),
         "/debug/errors" => Reply::json(&state.report().errors),
         _ => Reply::json(&state.report().warnings),
     }
@@ -192,6 +196,10 @@ mod tests {
             ca: Arc::clone(&ca),
             serving: None,
             root_namespace: crate::model::DEFAULT_ROOT_NAMESPACE.to_owned(),
+            rollout: Arc::new(crate::rollout::Rollout::new(
+                state.snapshot(),
+                crate::rollout::DEFAULT_ROLLOUT_TIMEOUT,
+            )),
         };
         let _proxy = registry.register(pb::Node {
             pod_name: "web-a".to_owned(),
@@ -233,6 +241,12 @@ mod tests {
         assert_eq!(page["trust_bundle"][0]["role"], "active");
         assert_eq!(page["serving_certificate"], serde_json::Value::Null);
         assert!(!page.to_string().contains("PRIVATE"), "{page}");
+
+        let rollout = route(&Method::GET, "/debug/rollout", &sources);
+        let rollout: serde_json::Value = serde_json::from_str(&rollout.body).unwrap_or_default();
+        assert_eq!(rollout["config_version"], state.snapshot().version.as_str());
+        assert_eq!(rollout["published_version"], rollout["config_version"]);
+        assert_eq!(rollout["holds"], serde_json::json!([]));
 
         assert_eq!(
             route(&Method::GET, "/nope", &sources).status,
@@ -302,6 +316,10 @@ spec:
             Err(err) => panic!("{err}"),
         };
         let sources = DebugSources {
+            rollout: Arc::new(crate::rollout::Rollout::new(
+                state.snapshot(),
+                crate::rollout::DEFAULT_ROLLOUT_TIMEOUT,
+            )),
             state,
             registry: ProxyRegistry::new(),
             ca,

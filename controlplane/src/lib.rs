@@ -14,6 +14,7 @@
 
 pub mod authz;
 pub mod ca;
+pub mod client_tls;
 pub mod config;
 pub mod debug_http;
 pub mod discovery;
@@ -164,6 +165,7 @@ impl Knitd {
             Arc::clone(&registry),
             stopped.clone(),
         );
+        let rollout = Arc::clone(discovery.rollout());
         let certificates = CertificatesService::new(
             Arc::clone(&ca),
             Arc::new(FileTokenAuthenticator::new(Arc::clone(&state))),
@@ -230,6 +232,7 @@ impl Knitd {
                     ca: Arc::clone(&ca),
                     serving,
                     root_namespace: options.root_namespace.clone(),
+                    rollout,
                 },
                 stopped,
             );

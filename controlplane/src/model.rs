@@ -335,6 +335,94 @@ pub struct AuthorizationPolicyDef {
     pub origin: DocumentRef,
 }
 
+/// How a client proxy secures connections to a service port (Istio's
+/// client TLS modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ClientTlsMode {
+    /// No TLS from the proxy.
+    #[serde(rename = "DISABLE")]
+    Disable,
+    /// TLS originated by the proxy to the endpoint, server verified.
+    #[serde(rename = "SIMPLE")]
+    Simple,
+    /// SIMPLE plus a client certificate.
+    #[serde(rename = "MUTUAL")]
+    Mutual,
+    /// Mesh mutual TLS with the workload identity.
+    #[serde(rename = "ISTIO_MUTUAL")]
+    IstioMutual,
+}
+
+impl fmt::Display for ClientTlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClientTlsMode::Disable => "DISABLE",
+            ClientTlsMode::Simple => "SIMPLE",
+            ClientTlsMode::Mutual => "MUTUAL",
+            ClientTlsMode::IstioMutual => "ISTIO_MUTUAL",
+        })
+    }
+}
+
+/// Validated client TLS settings. The file fields are only ever set in the
+/// modes that use them (SIMPLE, MUTUAL); paths are absolute.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClientTlsDef {
+    pub mode: ClientTlsMode,
+    /// Required for SIMPLE and MUTUAL.
+    pub ca_certificates: Option<String>,
+    /// Set exactly for MUTUAL.
+    pub client_certificate: Option<String>,
+    /// Set exactly for MUTUAL.
+    pub private_key: Option<String>,
+    /// `None`: the service hostname.
+    pub sni: Option<String>,
+    pub subject_alt_names: Vec<String>,
+}
+
+/// The Service a DestinationRule's `spec.host` names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceName {
+    pub name: String,
+    pub namespace: String,
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One `portLevelSettings` entry that sets `tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortTlsDef {
+    /// Position in `portLevelSettings`, to name the field in warnings.
+    pub index: usize,
+    pub tls: ClientTlsDef,
+}
+
+/// A validated DestinationRule: the client TLS settings of one Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationRuleDef {
+    pub name: String,
+    pub namespace: String,
+    /// `spec.host` as written.
+    pub host: String,
+    /// The Service `host` names.
+    pub service: ServiceName,
+    /// `trafficPolicy.tls`: every port without its own entry.
+    pub tls: Option<ClientTlsDef>,
+    /// `portLevelSettings[].tls` by service port; wins over `tls`.
+    pub port_tls: BTreeMap<u16, PortTlsDef>,
+    /// Fields accepted without effect, as paths (`spec.subsets`), reported
+    /// as warnings each time the config is compiled.
+    pub not_implemented: Vec<String>,
+    /// `metadata.creationTimestamp`, when the document has one; the tie-break
+    /// between two rules for one Service (as for PeerAuthentication).
+    pub created: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    pub origin: DocumentRef,
+}
+
 /// The whole validated config, in load order (files by name, then document).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MeshConfig {
@@ -342,4 +430,5 @@ pub struct MeshConfig {
     pub workloads: Vec<Workload>,
     pub peer_authentications: Vec<PeerAuthenticationDef>,
     pub authorization_policies: Vec<AuthorizationPolicyDef>,
+    pub destination_rules: Vec<DestinationRuleDef>,
 }

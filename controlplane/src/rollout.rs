@@ -292,6 +292,15 @@ impl Published {
     }
 }
 
+/// `/debug/rollout`: the config's version, the version proxies are sent,
+/// and every held mTLS change with the proxies it waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutView {
+    pub config_version: String,
+    pub published_version: String,
+    pub holds: Vec<Hold>,
+}
+
 /// What one stream may be running: the table it last ACKed, every one sent
 /// since (by nonce, oldest first), and superseded ones still draining.
 #[derive(Debug)]
@@ -393,6 +402,15 @@ impl Rollout {
 
     pub fn current(&self) -> Arc<Published> {
         self.current.load_full()
+    }
+
+    pub fn view(&self) -> RolloutView {
+        let current = self.current();
+        RolloutView {
+            config_version: current.snapshot.version.clone(),
+            published_version: current.version.clone(),
+            holds: current.holds.clone(),
+        }
     }
 
     /// Wakes on every change of `current`.

@@ -273,6 +273,50 @@ pub struct ServicePortView {
     pub name: String,
     pub port: u32,
     pub protocol: String,
+    /// How clients connect to the port (a DestinationRule); absent: auto
+    /// mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_tls: Option<ClientTlsView>,
+}
+
+/// A port's client TLS settings as sent to proxies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientTlsView {
+    /// `DISABLE`, `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`.
+    pub mode: String,
+    /// `namespace/name` of the DestinationRule.
+    pub destination_rule: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sni: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_certificates: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_certificate: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub private_key: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+}
+
+impl From<&pb::ClientTls> for ClientTlsView {
+    fn from(tls: &pb::ClientTls) -> Self {
+        let mode = match pb::ClientTlsMode::try_from(tls.mode) {
+            Ok(known) => known
+                .as_str_name()
+                .trim_start_matches("CLIENT_TLS_MODE_")
+                .to_owned(),
+            Err(_) => format!("UNKNOWN({})", tls.mode),
+        };
+        ClientTlsView {
+            mode,
+            destination_rule: tls.destination_rule.clone(),
+            sni: tls.sni.clone(),
+            ca_certificates: tls.ca_certificates.clone(),
+            client_certificate: tls.client_certificate.clone(),
+            private_key: tls.private_key.clone(),
+            subject_alt_names: tls.subject_alt_names.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,6 +357,7 @@ impl From<&Snapshot> for SnapshotView {
                             name: p.name.clone(),
                             port: p.port,
                             protocol: protocol_label(p.protocol),
+                            client_tls: p.client_tls.as_ref().map(ClientTlsView::from),
                         })
                         .collect(),
                 })

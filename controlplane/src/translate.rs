@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use knit_proto::v1 as pb;
 
+use crate::client_tls::select_rules;
 use crate::model::{MeshConfig, ServiceDef, ServicePortDef, TargetPort, Transport, Workload};
 use crate::snapshot::Snapshot;
 
@@ -140,24 +141,29 @@ pub fn translate(config: &MeshConfig) -> Translation {
     let mut services: Vec<&ServiceDef> = config.services.iter().collect();
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
+    let rules = select_rules(&config.destination_rules, &config.services, &mut warnings);
+
     let mut proto_services = Vec::with_capacity(services.len());
     let mut proto_endpoints = Vec::with_capacity(services.len());
     for service in services {
         let ports = mesh_ports(service, &mut warnings);
+        let hostname = hostname(&service.name, &service.namespace);
+        let mut proto_ports = Vec::with_capacity(ports.len());
+        for port in &ports {
+            let protocol = derive_protocol(port.name.as_deref(), port.app_protocol.as_deref());
+            proto_ports.push(pb::ServicePort {
+                name: port.name.clone().unwrap_or_default(),
+                port: u32::from(port.port),
+                protocol: protocol as i32,
+                client_tls: rules.client_tls(service, port, &hostname, protocol, &mut warnings),
+            });
+        }
         proto_services.push(pb::Service {
             name: service.name.clone(),
             namespace: service.namespace.clone(),
-            hostname: hostname(&service.name, &service.namespace),
+            hostname,
             vips: service.vips.iter().map(ToString::to_string).collect(),
-            ports: ports
-                .iter()
-                .map(|port| pb::ServicePort {
-                    name: port.name.clone().unwrap_or_default(),
-                    port: u32::from(port.port),
-                    protocol: derive_protocol(port.name.as_deref(), port.app_protocol.as_deref())
-                        as i32,
-                })
-                .collect(),
+            ports: proto_ports,
         });
 
         let mut endpoints: Vec<pb::Endpoint> = config

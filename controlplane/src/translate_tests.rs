@@ -210,6 +210,7 @@ fn endpoints_are_selected_workloads_with_resolved_ports() {
         ],
         peer_authentications: Vec::new(),
         authorization_policies: Vec::new(),
+        destination_rules: Vec::new(),
     };
     let translation = translate(&config);
     let snapshot = &translation.snapshot;
@@ -307,6 +308,7 @@ fn workload_without_any_resolvable_port_is_no_endpoint() {
         )],
         peer_authentications: Vec::new(),
         authorization_policies: Vec::new(),
+        destination_rules: Vec::new(),
     };
     let translation = translate(&config);
     assert!(translation.snapshot.endpoints[0].endpoints.is_empty());
@@ -333,6 +335,7 @@ fn udp_ports_are_left_out_with_a_warning() {
         )],
         peer_authentications: Vec::new(),
         authorization_policies: Vec::new(),
+        destination_rules: Vec::new(),
     };
     let translation = translate(&config);
     assert_eq!(translation.snapshot.services[0].ports.len(), 1);
@@ -363,6 +366,7 @@ fn version_is_stable_and_follows_content() {
         )],
         peer_authentications: Vec::new(),
         authorization_policies: Vec::new(),
+        destination_rules: Vec::new(),
     };
     let first = translate(&build([10, 0, 0, 1])).snapshot.version;
     let again = translate(&build([10, 0, 0, 1])).snapshot.version;

@@ -11,10 +11,25 @@ use tokio::sync::watch;
 use crate::config::snapshot::Snapshot;
 use std::net::SocketAddr;
 
-use crate::config::snapshot::Upstream;
+use crate::config::snapshot::{Endpoint, ServiceTarget, Upstream};
 use crate::http::upstream::{PoolSettings, UpstreamPool};
+use crate::identity::{IdentityManager, SpiffeId};
 use crate::mesh::pool::MeshPool;
 use crate::stats::Stats;
+use crate::upstream_tls::ClientTlsPolicy;
+
+/// The SPIFFE ID `ep` must prove on a mesh hop.
+fn endpoint_identity(
+    manager: &IdentityManager,
+    ep: &Endpoint,
+) -> Result<SpiffeId, crate::error::Error> {
+    SpiffeId::workload(manager.trust_domain(), &ep.namespace, &ep.service_account).map_err(|e| {
+        crate::error::Error::EndpointIdentity {
+            workload: ep.workload.clone(),
+            detail: e.to_string(),
+        }
+    })
+}
 
 #[derive(Debug, Clone)]
 pub struct DataPathSettings {
@@ -202,40 +217,69 @@ impl ProxyContext {
         }
     }
 
-    /// How to reach `ep` from here: through its proxy (over mutual TLS
-    /// when this proxy has an identity), unless it is this very pod.
+    /// How to reach `ep`, an endpoint of `target`, from here. Without a
+    /// DestinationRule: through its proxy (over mutual TLS when this proxy
+    /// has an identity and the endpoint's port is not DISABLE), or straight
+    /// to it when it has no proxy or is this very pod. A rule overrides
+    /// that per port (`upstream_tls` module docs).
     pub fn upstream_for(
         &self,
-        ep: &crate::config::snapshot::Endpoint,
+        target: &ServiceTarget,
+        ep: &Endpoint,
     ) -> Result<Upstream, crate::error::Error> {
-        let Some(port) = ep
+        // A call to this pod stays inside it: capture turns it into a call
+        // through the inbound side.
+        let peer_port = ep
             .mesh_port
-            .filter(|_| !self.pod_ips.contains(&ep.addr.ip()))
-        else {
-            return Ok(Upstream::Direct(ep.addr));
+            .filter(|_| !self.pod_ips.contains(&ep.addr.ip()));
+        let mesh = |identity| match peer_port {
+            Some(port) => Upstream::Mesh {
+                peer: SocketAddr::new(ep.addr.ip(), port),
+                target_port: ep.addr.port(),
+                identity,
+            },
+            None => Upstream::Direct(ep.addr),
         };
-        // Plaintext when this proxy has no identity, or when the endpoint's
-        // port is DISABLE (knitd publishes that only once the server takes
-        // plaintext there).
-        let identity = match self.identity.as_ref().filter(|_| ep.wants_mtls()) {
-            None => None,
-            Some(manager) => Some(
-                crate::identity::SpiffeId::workload(
-                    manager.trust_domain(),
-                    &ep.namespace,
-                    &ep.service_account,
-                )
-                .map_err(|e| crate::error::Error::EndpointIdentity {
-                    workload: ep.workload.clone(),
-                    detail: e.to_string(),
-                })?,
-            ),
-        };
-        Ok(Upstream::Mesh {
-            peer: SocketAddr::new(ep.addr.ip(), port),
-            target_port: ep.addr.port(),
-            identity,
-        })
+        match &target.client_tls {
+            ClientTlsPolicy::Auto => {
+                // Plaintext when this proxy has no identity, or when the
+                // endpoint's port is DISABLE (knitd publishes that only
+                // once the server takes plaintext there).
+                let identity = match self.identity.as_ref().filter(|_| ep.wants_mtls()) {
+                    None => None,
+                    Some(manager) => Some(endpoint_identity(manager, ep)?),
+                };
+                Ok(mesh(identity))
+            }
+            ClientTlsPolicy::Disable { .. } => Ok(mesh(None)),
+            ClientTlsPolicy::IstioMutual { destination_rule } => {
+                let unavailable = |detail: String| crate::error::Error::MeshTlsUnavailable {
+                    service: target.service.clone(),
+                    port: target.port,
+                    destination_rule: destination_rule.clone(),
+                    detail,
+                };
+                if ep.mesh_port.is_none() {
+                    return Err(unavailable(format!(
+                        "endpoint {} ({}) has no Knit proxy",
+                        ep.workload, ep.addr
+                    )));
+                }
+                if peer_port.is_none() {
+                    return Ok(Upstream::Direct(ep.addr));
+                }
+                let Some(manager) = self.identity.as_ref() else {
+                    return Err(unavailable(
+                        "this proxy runs without a workload identity".to_owned(),
+                    ));
+                };
+                Ok(mesh(Some(endpoint_identity(manager, ep)?)))
+            }
+            ClientTlsPolicy::Simple(tls) | ClientTlsPolicy::Mutual(tls) => Ok(Upstream::Tls {
+                addr: ep.addr,
+                tls: Arc::clone(tls),
+            }),
+        }
     }
 
     /// This proxy's current certificate, if it has one.
@@ -249,6 +293,10 @@ impl ProxyContext {
         map.insert(
             "upstream.direct.connections_opened".into(),
             self.pools.direct.connections_opened(),
+        );
+        map.insert(
+            "upstream.direct.tls_connections_opened".into(),
+            self.pools.direct.tls_connections_opened(),
         );
         let (mesh, mesh_tls) = self.pools.mesh.connections_opened();
         map.insert("upstream.mesh.connections_opened".into(), mesh);

@@ -71,6 +71,40 @@ pub enum Error {
     #[error("this proxy has no workload certificate yet")]
     NoIdentity,
 
+    /// TLS this proxy originates (DestinationRule SIMPLE or MUTUAL) failed
+    /// before anything of the client's was sent; `cause` names why
+    /// (`unknown_ca`, `san_mismatch`, ...).
+    #[error("TLS to {addr} (sni {sni}) failed ({cause}): {detail}")]
+    UpstreamTls {
+        addr: SocketAddr,
+        sni: String,
+        cause: &'static str,
+        detail: String,
+    },
+
+    /// The server certificate carries none of the DestinationRule's
+    /// subjectAltNames. Raised inside the TLS handshake; it reaches callers
+    /// as the detail of an `UpstreamTls`.
+    #[error(
+        "the server certificate carries none of the subjectAltNames {expected:?} (it has {presented:?})"
+    )]
+    SubjectAltNameMismatch {
+        expected: Vec<String>,
+        presented: Vec<String>,
+    },
+
+    /// A DestinationRule asks for mesh mutual TLS (ISTIO_MUTUAL) where it
+    /// cannot be had; the request is refused rather than sent in plaintext.
+    #[error(
+        "service {service} port {port} requires mesh mutual TLS (ISTIO_MUTUAL, DestinationRule {destination_rule}), but {detail}; not sent in plaintext"
+    )]
+    MeshTlsUnavailable {
+        service: String,
+        port: u16,
+        destination_rule: String,
+        detail: String,
+    },
+
     #[error("endpoint {workload} has no valid SPIFFE identity: {detail}")]
     EndpointIdentity { workload: String, detail: String },
 
@@ -135,6 +169,10 @@ impl Error {
             Error::TunnelRefused { .. } => "tunnel_refused",
             Error::IdleTimeout { .. } => "idle_timeout",
             Error::MeshTls { .. } => "mesh_tls_failed",
+            Error::UpstreamTls { .. } | Error::SubjectAltNameMismatch { .. } => {
+                "upstream_tls_failed"
+            }
+            Error::MeshTlsUnavailable { .. } => "mesh_tls_unavailable",
             Error::MtlsRequired { .. } => "mtls_required",
             Error::RbacDenied { .. } => "rbac_denied",
             Error::NoIdentity => "identity_unavailable",
@@ -152,9 +190,10 @@ impl Error {
 
     pub fn origin(&self) -> ErrorOrigin {
         match self {
-            Error::NoEndpoints { .. } | Error::MtlsRequired { .. } | Error::RbacDenied { .. } => {
-                ErrorOrigin::Policy
-            }
+            Error::NoEndpoints { .. }
+            | Error::MtlsRequired { .. }
+            | Error::RbacDenied { .. }
+            | Error::MeshTlsUnavailable { .. } => ErrorOrigin::Policy,
             Error::UpstreamConnect { .. }
             | Error::UpstreamConnectTimeout { .. }
             | Error::UpstreamHandshake { .. }
@@ -162,7 +201,9 @@ impl Error {
             | Error::Transfer { .. }
             | Error::TunnelRefused { .. }
             | Error::IdleTimeout { .. }
-            | Error::MeshTls { .. } => ErrorOrigin::Upstream,
+            | Error::MeshTls { .. }
+            | Error::UpstreamTls { .. }
+            | Error::SubjectAltNameMismatch { .. } => ErrorOrigin::Upstream,
             Error::NoIdentity | Error::EndpointIdentity { .. } => ErrorOrigin::Internal,
             Error::BadRequest(_)
             | Error::HeadersTooLarge(_)
@@ -182,6 +223,7 @@ impl Error {
         matches!(
             self,
             Error::MeshTls { .. }
+                | Error::UpstreamTls { .. }
                 | Error::UpstreamConnect { .. }
                 | Error::UpstreamConnectTimeout { .. }
                 | Error::UpstreamHandshake { .. }
@@ -267,6 +309,32 @@ mod tests {
                 ErrorOrigin::Downstream,
                 false,
                 400,
+            ),
+            // Nothing was sent yet: another endpoint may have a good
+            // certificate.
+            (
+                Error::UpstreamTls {
+                    addr,
+                    sni: "api.example.com".into(),
+                    cause: "unknown_ca",
+                    detail: "invalid peer certificate: UnknownIssuer".into(),
+                },
+                "upstream_tls_failed",
+                ErrorOrigin::Upstream,
+                true,
+                503,
+            ),
+            (
+                Error::MeshTlsUnavailable {
+                    service: "default/backend".into(),
+                    port: 80,
+                    destination_rule: "default/backend".into(),
+                    detail: "endpoint backend-1 has no Knit proxy".into(),
+                },
+                "mesh_tls_unavailable",
+                ErrorOrigin::Policy,
+                false,
+                503,
             ),
         ];
         for (err, reason, origin, retry, status) in cases {

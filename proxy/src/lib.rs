@@ -21,6 +21,7 @@ pub mod outbound;
 pub mod sockopt;
 pub mod stats;
 pub mod tcp;
+pub mod upstream_tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

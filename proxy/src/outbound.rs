@@ -25,6 +25,7 @@ use crate::mesh::source_metadata;
 use crate::metrics::{Reporter, SecurityPolicy, TrafficLabels, UNKNOWN};
 use crate::stats::inc;
 use crate::tcp;
+use crate::upstream_tls::TlsUse;
 
 pub struct OutboundListener {
     listener: TcpListener,
@@ -135,7 +136,7 @@ async fn forward_tcp_to_service(
                 service: target.service.clone(),
                 port: target.port,
             })?;
-            let upstream = ctx.upstream_for(ep)?;
+            let upstream = ctx.upstream_for(target, ep)?;
             match tcp::open(&upstream, &ctx.pools, &identity, &metadata).await {
                 Ok(up) => break (up, ep, upstream),
                 Err(e) if e.is_retryable() && attempt < UPSTREAM_ATTEMPTS => attempt += 1,
@@ -218,7 +219,7 @@ impl OutboundHttp {
                     service: target.service.clone(),
                     port: target.port,
                 })?;
-                let upstream = self.ctx.upstream_for(ep)?;
+                let upstream = self.ctx.upstream_for(target, ep)?;
                 *picked = Some((ep.clone(), upstream.clone()));
                 Ok(upstream)
             }
@@ -239,6 +240,15 @@ impl OutboundHttp {
                 Upstream::Direct(addr) => {
                     let io = TokioIo::new(self.ctx.pools.direct.connect_stream(addr).await?);
                     forward_upgrade(io, req, addr).await
+                }
+                Upstream::Tls { addr, tls } => {
+                    let stream = self
+                        .ctx
+                        .pools
+                        .direct
+                        .connect_tls(addr, &tls, TlsUse::Http1)
+                        .await?;
+                    forward_upgrade(TokioIo::new(stream), req, addr).await
                 }
                 Upstream::Mesh {
                     peer,

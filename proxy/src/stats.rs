@@ -29,7 +29,7 @@ pub struct ErrorCounters {
     counts: [AtomicU64; ERROR_REASONS.len()],
 }
 
-pub const ERROR_REASONS: [&str; 17] = [
+pub const ERROR_REASONS: [&str; 19] = [
     "no_endpoints",
     "upstream_connect_failed",
     "upstream_connect_timeout",
@@ -39,6 +39,8 @@ pub const ERROR_REASONS: [&str; 17] = [
     "tunnel_refused",
     "idle_timeout",
     "mesh_tls_failed",
+    "upstream_tls_failed",
+    "mesh_tls_unavailable",
     "mtls_required",
     "rbac_denied",
     "identity_unavailable",

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
 
 use crate::config::snapshot::Upstream;
 use crate::context::Pools;
@@ -20,16 +21,20 @@ use crate::error::Error;
 use crate::http::forward::mesh_tls;
 use crate::identity::WorkloadIdentity;
 use crate::mesh::client::open_tunnel;
+use crate::upstream_tls::TlsUse;
 
 /// An established upstream byte stream.
 pub enum Connected {
     Direct(TcpStream, SocketAddr),
+    /// TLS this proxy originated to the endpoint (DestinationRule SIMPLE or
+    /// MUTUAL); the client's bytes travel inside it.
+    Tls(Box<TlsStream<TcpStream>>, SocketAddr),
     /// A CONNECT stream on the shared connection to a peer proxy.
     Tunnel(TokioIo<Upgraded>, SocketAddr),
 }
 
-/// Connects to `upstream`: straight to the address, or through a tunnel to
-/// the peer proxy. Nothing of the client's has been sent yet, so a failure
+/// Connects to `upstream`: straight to the address (in plaintext or over
+/// TLS this proxy originates), or through a tunnel to the peer proxy. Nothing of the client's has been sent yet, so a failure
 /// here may be retried elsewhere.
 pub async fn open(
     upstream: &Upstream,
@@ -51,6 +56,10 @@ pub async fn open(
             let tunnel = open_tunnel(&pools.mesh, *peer, tls, *target_port, metadata).await?;
             Ok(Connected::Tunnel(TokioIo::new(tunnel), *peer))
         }
+        Upstream::Tls { addr, tls } => {
+            let stream = pools.direct.connect_tls(*addr, tls, TlsUse::Opaque).await?;
+            Ok(Connected::Tls(Box::new(stream), *addr))
+        }
     }
 }
 
@@ -67,6 +76,10 @@ pub async fn splice(
         }
         Connected::Tunnel(mut up, peer) => {
             copy_with_idle_timeout(&mut downstream, &mut up, idle, peer).await
+        }
+        // Closing the client's side sends close_notify, then FIN.
+        Connected::Tls(mut up, addr) => {
+            copy_with_idle_timeout(&mut downstream, &mut *up, idle, addr).await
         }
     }
 }

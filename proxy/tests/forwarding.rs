@@ -87,6 +87,7 @@ fn context_with(endpoints: &[(SocketAddr, u16)]) -> Arc<ProxyContext> {
                 name: "http".into(),
                 port: 80,
                 protocol: 0,
+                client_tls: None,
             }],
         }],
         endpoints: vec![v1::ServiceEndpoints {

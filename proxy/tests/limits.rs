@@ -152,6 +152,7 @@ fn context(app: SocketAddr, settings: DataPathSettings) -> Arc<ProxyContext> {
                 name: "http".into(),
                 port: 80,
                 protocol: 0,
+                client_tls: None,
             }],
         }],
         endpoints: vec![v1::ServiceEndpoints {

@@ -47,6 +47,7 @@ fn context(app: SocketAddr, mesh_port: u16, protocol: v1::Protocol) -> Arc<Proxy
                 name: "p".into(),
                 port: 80,
                 protocol: protocol as i32,
+                client_tls: None,
             }],
         }],
         endpoints: vec![v1::ServiceEndpoints {

@@ -8,6 +8,10 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Defined in `destination_rule.rs`; named here with the other kinds.
+pub use super::destination_rule::{
+    DESTINATION_RULE_API_VERSIONS, DestinationRule, DestinationRuleSpec,
+};
 use crate::error::Error;
 
 /// Core Kubernetes `v1` `Service`.
@@ -344,6 +348,7 @@ pub enum KnownKind {
     WorkloadEntry,
     PeerAuthentication,
     AuthorizationPolicy,
+    DestinationRule,
 }
 
 impl KnownKind {
@@ -353,6 +358,7 @@ impl KnownKind {
             KnownKind::WorkloadEntry => "WorkloadEntry",
             KnownKind::PeerAuthentication => "PeerAuthentication",
             KnownKind::AuthorizationPolicy => "AuthorizationPolicy",
+            KnownKind::DestinationRule => "DestinationRule",
         }
     }
 }
@@ -370,6 +376,9 @@ pub fn classify(api_version: &str, kind: &str) -> Option<KnownKind> {
         "AuthorizationPolicy" if AUTHORIZATION_POLICY_API_VERSIONS.contains(&api_version) => {
             Some(KnownKind::AuthorizationPolicy)
         }
+        "DestinationRule" if DESTINATION_RULE_API_VERSIONS.contains(&api_version) => {
+            Some(KnownKind::DestinationRule)
+        }
         _ => None,
     }
 }
@@ -382,6 +391,9 @@ pub const PEER_AUTHENTICATION_CRD_PATH: &str = "manifests/crds/peerauthenticatio
 
 /// Path of the checked-in AuthorizationPolicy CRD, relative to the repository root.
 pub const AUTHORIZATION_POLICY_CRD_PATH: &str = "manifests/crds/authorizationpolicy.yaml";
+
+/// Path of the checked-in DestinationRule CRD, relative to the repository root.
+pub const DESTINATION_RULE_CRD_PATH: &str = "manifests/crds/destinationrule.yaml";
 
 /// The WorkloadEntry CRD as YAML, exactly as checked in under `manifests/crds/`.
 pub fn workload_entry_crd_yaml() -> Result<String, Error> {
@@ -396,6 +408,11 @@ pub fn peer_authentication_crd_yaml() -> Result<String, Error> {
 /// The AuthorizationPolicy CRD as YAML, exactly as checked in under `manifests/crds/`.
 pub fn authorization_policy_crd_yaml() -> Result<String, Error> {
     crd_yaml::<AuthorizationPolicy>("AuthorizationPolicy")
+}
+
+/// The DestinationRule CRD as YAML, exactly as checked in under `manifests/crds/`.
+pub fn destination_rule_crd_yaml() -> Result<String, Error> {
+    crd_yaml::<DestinationRule>("DestinationRule")
 }
 
 fn crd_yaml<K: CustomResourceExt>(kind: &'static str) -> Result<String, Error> {
@@ -473,6 +490,27 @@ mod tests {
                 Some(KnownKind::AuthorizationPolicy),
             ),
             ("security.istio.io/v1alpha1", "AuthorizationPolicy", None),
+            (
+                "mesh.knit.dev/v1alpha1",
+                "DestinationRule",
+                Some(KnownKind::DestinationRule),
+            ),
+            (
+                "networking.istio.io/v1",
+                "DestinationRule",
+                Some(KnownKind::DestinationRule),
+            ),
+            (
+                "networking.istio.io/v1beta1",
+                "DestinationRule",
+                Some(KnownKind::DestinationRule),
+            ),
+            (
+                "networking.istio.io/v1alpha3",
+                "DestinationRule",
+                Some(KnownKind::DestinationRule),
+            ),
+            ("security.istio.io/v1", "DestinationRule", None),
             ("networking.istio.io/v1", "AuthorizationPolicy", None),
             ("networking.istio.io/v1", "PeerAuthentication", None),
             ("v1", "WorkloadEntry", None),
@@ -510,6 +548,13 @@ mod tests {
         assert_eq!(crd.spec.names.plural, "authorizationpolicies");
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.versions[0].name, "v1alpha1");
+
+        let crd = DestinationRule::crd();
+        assert_eq!(crd.spec.group, MESH_GROUP);
+        assert_eq!(crd.spec.names.kind, "DestinationRule");
+        assert_eq!(crd.spec.names.plural, "destinationrules");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.versions[0].name, "v1alpha1");
     }
 
     /// The checked-in CRDs must match the Rust types; set KNIT_UPDATE_GOLDEN=1
@@ -517,7 +562,7 @@ mod tests {
     #[test]
     fn crd_golden_files_match_the_types() {
         type Render = fn() -> Result<String, Error>;
-        let crds: [(&str, &str, Render); 3] = [
+        let crds: [(&str, &str, Render); 4] = [
             (
                 "WorkloadEntry",
                 WORKLOAD_ENTRY_CRD_PATH,
@@ -532,6 +577,11 @@ mod tests {
                 "AuthorizationPolicy",
                 AUTHORIZATION_POLICY_CRD_PATH,
                 authorization_policy_crd_yaml,
+            ),
+            (
+                "DestinationRule",
+                DESTINATION_RULE_CRD_PATH,
+                destination_rule_crd_yaml,
             ),
         ];
         for (kind, relative, render) in crds {

@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::kinds::{
-    AuthorizationPolicy, KnownKind, PeerAuthentication, PeerWorkloadSelector, Service,
-    WorkloadEntry, classify,
+    AuthorizationPolicy, DestinationRule, KnownKind, PeerAuthentication, PeerWorkloadSelector,
+    Service, WorkloadEntry, classify,
 };
 use super::source::{DocumentText, list_config_files, split_documents};
 use super::validate;
@@ -29,6 +29,7 @@ pub enum ParsedResource {
     WorkloadEntry(Box<WorkloadEntry>),
     PeerAuthentication(Box<PeerAuthentication>),
     AuthorizationPolicy(Box<AuthorizationPolicyDocument>),
+    DestinationRule(Box<DestinationRule>),
 }
 
 /// An AuthorizationPolicy as read. When its spec does not parse, what
@@ -241,6 +242,7 @@ fn parse_document(
             ParsedResource::PeerAuthentication(Box::new(typed(value, &at)?))
         }
         KnownKind::AuthorizationPolicy => authorization_policy(value, &at)?,
+        KnownKind::DestinationRule => ParsedResource::DestinationRule(Box::new(typed(value, &at)?)),
     };
     Ok(Some(ParsedDocument { at, resource }))
 }

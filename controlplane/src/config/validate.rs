@@ -16,6 +16,7 @@ use super::names::{
     check_label_value, check_port_name,
 };
 use super::validate_authz::validate_authorization_policy;
+use super::validate_destination::validate_destination_rule;
 use crate::error::Error;
 use crate::model::{
     DocumentRef, MESH_PORT, MeshConfig, MtlsMode, PROXY_ANNOTATION, PeerAuthenticationDef,
@@ -397,6 +398,7 @@ pub fn assemble(documents: Vec<ParsedDocument>) -> (MeshConfig, Vec<Error>) {
     let mut tokens: HashMap<TokenDigest, (String, DocumentRef)> = HashMap::new();
     let mut peer_authentications: HashMap<(String, String), DocumentRef> = HashMap::new();
     let mut authorization_policies: HashMap<(String, String), DocumentRef> = HashMap::new();
+    let mut destination_rules: HashMap<(String, String), DocumentRef> = HashMap::new();
 
     for document in documents {
         let origin = document.at;
@@ -525,6 +527,23 @@ pub fn assemble(documents: Vec<ParsedDocument>) -> (MeshConfig, Vec<Error>) {
                 errors.extend(outcome.error);
                 authorization_policies.insert(key, origin.clone());
                 config.authorization_policies.push(policy);
+            }
+            ParsedResource::DestinationRule(rule) => {
+                let rule = match validate_destination_rule(&rule, &origin) {
+                    Ok(rule) => rule,
+                    Err(err) => {
+                        errors.push(err.at(&origin));
+                        continue;
+                    }
+                };
+                let id = format!("{}/{}", rule.namespace, rule.name);
+                let key = (rule.namespace.clone(), rule.name.clone());
+                if let Some(first) = destination_rules.get(&key) {
+                    errors.push(duplicate("DestinationRule", &id, first).at(&origin));
+                    continue;
+                }
+                destination_rules.insert(key, origin.clone());
+                config.destination_rules.push(rule);
             }
         }
     }

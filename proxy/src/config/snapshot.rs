@@ -10,6 +10,7 @@ use knit_proto::v1;
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::upstream_tls::{ClientTlsPolicy, FileCache, TlsOrigination, compile_client_tls};
 
 /// How a service port carries traffic, as declared. `Detect` means sniff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,6 +72,12 @@ pub enum Upstream {
         target_port: u16,
         identity: Option<crate::identity::SpiffeId>,
     },
+    /// Straight to this address over TLS this proxy originates
+    /// (DestinationRule SIMPLE or MUTUAL).
+    Tls {
+        addr: SocketAddr,
+        tls: Arc<TlsOrigination>,
+    },
 }
 
 impl std::fmt::Display for Upstream {
@@ -87,6 +94,7 @@ impl std::fmt::Display for Upstream {
                 target_port,
                 identity: None,
             } => write!(f, "{peer} (mesh, port {target_port}, plaintext)"),
+            Upstream::Tls { addr, tls } => write!(f, "{addr} (TLS, sni {})", tls.sni),
         }
     }
 }
@@ -101,6 +109,9 @@ pub struct ServiceTarget {
     pub port: u16,
     pub port_name: String,
     pub protocol: DeclaredProtocol,
+    /// How connections to the endpoints are secured (a DestinationRule),
+    /// compiled with its files and rustls configs.
+    pub client_tls: ClientTlsPolicy,
     pub endpoints: Vec<Endpoint>,
     /// Round-robin cursor. Lives with the snapshot: a config change resets
     /// it, which is harmless.
@@ -163,6 +174,7 @@ impl Snapshot {
 
         let mut services = BTreeMap::new();
         let mut by_vip = HashMap::new();
+        let mut files = FileCache::default();
         for svc in &resp.services {
             if svc.name.is_empty() || svc.namespace.is_empty() {
                 return Err(invalid(format!(
@@ -194,6 +206,13 @@ impl Snapshot {
                 })?;
                 let protocol = DeclaredProtocol::from_proto(port.protocol)
                     .map_err(|e| invalid(format!("service {key} port {number}: {e}")))?;
+                let client_tls = compile_client_tls(
+                    &key,
+                    number,
+                    &svc.hostname,
+                    port.client_tls.as_ref(),
+                    &mut files,
+                )?;
                 let endpoints = match set {
                     Some(set) => compile_endpoints(&key, number, set)?,
                     None => Vec::new(),
@@ -204,6 +223,7 @@ impl Snapshot {
                     port: number,
                     port_name: port.name.clone(),
                     protocol,
+                    client_tls,
                     endpoints,
                     cursor: AtomicUsize::new(0),
                 });
@@ -362,6 +382,7 @@ mod tests {
                 name: "http".into(),
                 port,
                 protocol: 0,
+                client_tls: None,
             }],
         }
     }

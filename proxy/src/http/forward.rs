@@ -1,7 +1,8 @@
 //! One request to one chosen upstream, with header hygiene on the way out
-//! and on the way back. An upstream is either an address reached directly
-//! or a peer proxy's mesh port, where the request rides the shared HTTP/2
-//! connection and says which app port it is for.
+//! and on the way back. An upstream is an address reached directly (in
+//! plaintext, or over TLS this proxy originates) or a peer proxy's mesh
+//! port, where the request rides the shared HTTP/2 connection and says
+//! which app port it is for.
 
 use std::sync::Arc;
 
@@ -77,6 +78,11 @@ pub async fn forward(
                 .send(*addr, req)
                 .await
                 .map_err(|e| (e.error, e.unsent)),
+            Upstream::Tls { addr, tls } => route
+                .direct
+                .send_tls(*addr, tls, req)
+                .await
+                .map_err(|e| (e.error, e.unsent)),
             Upstream::Mesh { peer, identity, .. } => {
                 let tls = mesh_tls(&route.identity, identity)?;
                 route
@@ -110,7 +116,9 @@ fn shape(
     downstream_version: Version,
 ) -> Result<(), Error> {
     match upstream {
-        Upstream::Direct(_) => {
+        // Over originated TLS the pool settles the version once it knows
+        // what the server chose.
+        Upstream::Direct(_) | Upstream::Tls { .. } => {
             prepare_for_upstream(req, route.direct_version, &route.fallback_authority)?;
             // Mesh metadata is for proxies; an app never sees it.
             strip_knit_headers(req.headers_mut());

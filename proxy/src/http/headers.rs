@@ -99,6 +99,20 @@ pub fn prepare_for_upstream<B>(
     Ok(())
 }
 
+/// Re-shapes a request already in upstream form for `version` over TLS the
+/// proxy originates: an HTTP/2 request says `https`.
+pub fn prepare_for_tls_upstream<B>(req: &mut Request<B>, version: Version) -> Result<(), Error> {
+    // The authority is in the URI or the Host header by now, so no
+    // fallback is needed.
+    prepare_for_upstream(req, version, "")?;
+    if version == Version::HTTP_2 {
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(uri::Scheme::HTTPS);
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| Error::BadRequest(e.to_string()))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +196,22 @@ mod tests {
             );
             assert_eq!(req.version(), version);
         }
+    }
+
+    #[test]
+    fn tls_upstream_forms_say_https_on_http2() {
+        let mut req = Request::builder()
+            .uri("/a?b=1")
+            .header(header::HOST, "api.example.com")
+            .body(())
+            .expect("request");
+        prepare_for_upstream(&mut req, Version::HTTP_11, "198.19.0.10:443").expect("shaped");
+        prepare_for_tls_upstream(&mut req, Version::HTTP_2).expect("h2");
+        assert_eq!(req.uri().to_string(), "https://api.example.com/a?b=1");
+        assert!(req.headers().get(header::HOST).is_none());
+        prepare_for_tls_upstream(&mut req, Version::HTTP_11).expect("h1");
+        assert_eq!(req.uri().to_string(), "/a?b=1");
+        assert_eq!(req.headers()[header::HOST], "api.example.com");
     }
 
     #[test]

@@ -2,8 +2,13 @@
 //! balancer and is independent of the request's authority, which travels
 //! unchanged. HTTP/1.1 connections are pooled per endpoint and reused once
 //! idle; HTTP/2 connections are shared, one per endpoint, multiplexed.
+//! Connections over TLS this proxy originates (`tls.rs`) are pooled apart,
+//! per endpoint and TLS settings.
+
+mod tls;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +17,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpSocket, TcpStream};
 use tracing::debug;
@@ -65,13 +71,31 @@ impl SendError {
     }
 }
 
+/// Which pooled connections a request may use: those to the same
+/// endpoint, over the same TLS settings (`None`: plain TCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolKey {
+    addr: SocketAddr,
+    tls: Option<u64>,
+}
+
+impl PoolKey {
+    fn plain(addr: SocketAddr) -> PoolKey {
+        PoolKey { addr, tls: None }
+    }
+}
+
 pub struct UpstreamPool {
     settings: PoolSettings,
     connections_opened: AtomicU64,
-    idle_h1: Mutex<HashMap<SocketAddr, Vec<IdleH1>>>,
+    tls_connections_opened: AtomicU64,
+    idle_h1: Mutex<HashMap<PoolKey, Vec<IdleH1>>>,
     /// One slot per endpoint. Connecting happens while holding the slot's
     /// async lock, so a burst of first requests shares one handshake.
     h2: Mutex<HashMap<SocketAddr, Arc<H2Slot>>>,
+    /// One slot per (endpoint, TLS settings), remembering what the server
+    /// chose by ALPN; see `tls.rs`.
+    tls: Mutex<HashMap<PoolKey, Arc<tls::TlsSlot>>>,
 }
 
 type H2Slot = tokio::sync::Mutex<Option<http2::SendRequest<Body>>>;
@@ -81,8 +105,10 @@ impl UpstreamPool {
         Arc::new(UpstreamPool {
             settings,
             connections_opened: AtomicU64::new(0),
+            tls_connections_opened: AtomicU64::new(0),
             idle_h1: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
+            tls: Mutex::new(HashMap::new()),
         })
     }
 
@@ -103,14 +129,32 @@ impl UpstreamPool {
     async fn send_h1(
         self: &Arc<Self>,
         addr: SocketAddr,
-        mut req: Request<Body>,
+        req: Request<Body>,
     ) -> Result<Response<Incoming>, SendError> {
+        self.send_h1_keyed(PoolKey::plain(addr), req, || self.connect(addr))
+            .await
+    }
+
+    /// Sends on an idle connection of `key`, or on a new one from
+    /// `connect`.
+    async fn send_h1_keyed<C, F, IO>(
+        self: &Arc<Self>,
+        key: PoolKey,
+        mut req: Request<Body>,
+        connect: C,
+    ) -> Result<Response<Incoming>, SendError>
+    where
+        C: FnOnce() -> F,
+        F: Future<Output = Result<IO, Error>>,
+        IO: Read + Write + Unpin + Send + 'static,
+    {
+        let addr = key.addr;
         // Reuse idle connections; one that turns out to be closed hands the
         // request back unsent, so trying the next one is safe.
-        while let Some(mut sender) = self.checkout_h1(addr) {
+        while let Some(mut sender) = self.checkout_h1(key) {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.checkin_h1_when_idle(addr, sender);
+                    self.checkin_h1_when_idle(key, sender);
                     return Ok(resp);
                 }
                 Err(mut err) => match err.take_message() {
@@ -127,7 +171,7 @@ impl UpstreamPool {
                 },
             }
         }
-        let io = match self.connect(addr).await {
+        let io = match connect().await {
             Ok(io) => io,
             Err(error) => {
                 return Err(SendError {
@@ -155,13 +199,13 @@ impl UpstreamPool {
             .send_request(req)
             .await
             .map_err(|source| SendError::sent(Error::UpstreamRequest { addr, source }))?;
-        self.checkin_h1_when_idle(addr, sender);
+        self.checkin_h1_when_idle(key, sender);
         Ok(resp)
     }
 
-    fn checkout_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+    fn checkout_h1(&self, key: PoolKey) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle_h1.lock().expect("pool lock poisoned");
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         while let Some(entry) = list.pop() {
             if entry.sender.is_ready() && entry.since.elapsed() < self.settings.idle_timeout {
                 return Some(entry.sender);
@@ -171,11 +215,7 @@ impl UpstreamPool {
     }
 
     /// Returns the connection to the pool once its response body is done.
-    fn checkin_h1_when_idle(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        mut sender: http1::SendRequest<Body>,
-    ) {
+    fn checkin_h1_when_idle(self: &Arc<Self>, key: PoolKey, mut sender: http1::SendRequest<Body>) {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             if sender.ready().await.is_err() {
@@ -183,7 +223,7 @@ impl UpstreamPool {
             }
             let Some(pool) = pool.upgrade() else { return };
             let mut idle = pool.idle_h1.lock().expect("pool lock poisoned");
-            let list = idle.entry(addr).or_default();
+            let list = idle.entry(key).or_default();
             list.retain(|e| !e.sender.is_closed());
             if list.len() < pool.settings.max_idle_per_endpoint {
                 list.push(IdleH1 {
@@ -253,17 +293,7 @@ impl UpstreamPool {
             return Ok(sender.clone());
         }
         let io = self.connect(addr).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .handshake(io)
-            .await
-            .map_err(|source| Error::UpstreamHandshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
+        let sender = h2_handshake(addr, io).await?;
         *slot = Some(sender.clone());
         Ok(sender)
     }
@@ -271,6 +301,11 @@ impl UpstreamPool {
     /// TCP connections this pool has opened (HTTP/1.1 and HTTP/2).
     pub fn connections_opened(&self) -> u64 {
         self.connections_opened.load(Ordering::Relaxed)
+    }
+
+    /// Of those, the ones this proxy originated TLS on.
+    pub fn tls_connections_opened(&self) -> u64 {
+        self.tls_connections_opened.load(Ordering::Relaxed)
     }
 
     /// A TCP connection with this pool's timeout and source address, e.g.
@@ -290,6 +325,25 @@ impl UpstreamPool {
     async fn connect(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, Error> {
         self.connect_stream(addr).await.map(TokioIo::new)
     }
+}
+
+/// An HTTP/2 client connection on `io`, its driver spawned.
+async fn h2_handshake<IO>(addr: SocketAddr, io: IO) -> Result<http2::SendRequest<Body>, Error>
+where
+    IO: Read + Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .handshake(io)
+        .await
+        .map_err(|source| Error::UpstreamHandshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// A TCP connection with a deadline and Nagle off (the proxy writes whole
