@@ -100,7 +100,7 @@ impl AppClient for ClientSpec {
         ClientSpec::to_args(self)
     }
     fn max_duration(&self) -> Duration {
-        self.duration
+        ClientSpec::max_duration(self)
     }
 }
 

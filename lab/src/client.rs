@@ -3,6 +3,8 @@
 //! resolver (so a pod's hosts file applies), bounded in count and time, and
 //! one JSON report at the end. With `--download`/`--upload` every request
 //! moves a stretch of the deterministic pattern and checks it end to end.
+//! With `--rate` requests start on a fixed schedule (open loop) instead of
+//! one after another.
 
 use std::time::Duration;
 
@@ -21,6 +23,8 @@ pub const MAX_TRANSFER: u64 = 16 * 1024 * 1024 * 1024;
 /// Upper bounds that keep every load loop finite.
 pub const MAX_CONCURRENCY: u64 = 1024;
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// Highest `--rate`, requests per second.
+pub const MAX_RATE: u64 = 100_000;
 
 /// What to send: the options of `knit-lab client`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +38,13 @@ pub struct ClientSpec {
     pub duration: Duration,
     /// Pause between requests of one connection.
     pub interval: Duration,
+    /// Requests per second on a fixed schedule: request `i` starts at
+    /// `i / rate` seconds, whoever finished before it, on one of
+    /// `concurrency` connections. A request whose start falls within
+    /// `duration` is sent even when the connections are behind (and may
+    /// end up to `timeout` after the duration); how far behind is in the
+    /// report.
+    pub rate: Option<u64>,
     pub headers: Vec<(String, String)>,
     pub method: String,
     /// Size of the request body (zeros), 0 for none.
@@ -59,6 +70,7 @@ impl ClientSpec {
             timeout: Duration::from_millis(5000),
             duration: Duration::from_millis(60_000),
             interval: Duration::ZERO,
+            rate: None,
             headers: Vec::new(),
             method: "GET".to_string(),
             body_bytes: 0,
@@ -111,6 +123,22 @@ impl ClientSpec {
         self
     }
 
+    /// A fixed rate of `per_second` requests (see [`ClientSpec::rate`]).
+    pub fn rate(mut self, per_second: u64) -> Self {
+        self.rate = Some(per_second);
+        self
+    }
+
+    /// The longest a run of this spec may take: its duration, plus one
+    /// request timeout at a fixed rate (a request started at the end of
+    /// the duration still gets its whole timeout).
+    pub fn max_duration(&self) -> Duration {
+        match self.rate {
+            Some(_) => self.duration.saturating_add(self.timeout),
+            None => self.duration,
+        }
+    }
+
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_string(), value.to_string()));
         self
@@ -146,6 +174,10 @@ impl ClientSpec {
             "--body-bytes".to_string(),
             self.body_bytes.to_string(),
         ];
+        if let Some(rate) = self.rate {
+            args.push("--rate".to_string());
+            args.push(rate.to_string());
+        }
         for (k, v) in &self.headers {
             args.push("--header".to_string());
             args.push(format!("{k}: {v}"));
@@ -186,6 +218,20 @@ impl ClientSpec {
                 "--duration-ms",
                 format!("must be 1..={}", MAX_DURATION.as_millis()),
             ));
+        }
+        if let Some(rate) = self.rate {
+            if rate == 0 || rate > MAX_RATE {
+                return Err(LabError::invalid(
+                    "--rate",
+                    format!("must be 1..={MAX_RATE} requests per second"),
+                ));
+            }
+            if !self.interval.is_zero() {
+                return Err(LabError::invalid(
+                    "--rate",
+                    "not with --interval-ms: the schedule decides when requests start",
+                ));
+            }
         }
         if self.body_bytes > MAX_BODY {
             return Err(LabError::invalid(
@@ -404,6 +450,24 @@ mod tests {
         assert!(
             ClientSpec::new("http://x/")
                 .download(MAX_TRANSFER + 1)
+                .prepare()
+                .is_err()
+        );
+        let spec = ClientSpec::new("http://x/").rate(200).count(2000);
+        assert!(spec.prepare().is_ok());
+        assert!(spec.to_args().windows(2).any(|w| w == ["--rate", "200"]));
+        assert_eq!(spec.max_duration(), spec.duration + spec.timeout);
+        assert!(ClientSpec::new("http://x/").rate(0).prepare().is_err());
+        assert!(
+            ClientSpec::new("http://x/")
+                .rate(MAX_RATE + 1)
+                .prepare()
+                .is_err()
+        );
+        assert!(
+            ClientSpec::new("http://x/")
+                .rate(10)
+                .interval(Duration::from_millis(5))
                 .prepare()
                 .is_err()
         );

@@ -1,6 +1,10 @@
 //! How `knit-lab client` sends: workers sharing a request counter, each on
 //! its own kept-alive connection (HTTP/1.1 or h2c), every request bounded by
-//! the per-request timeout and the run by its duration cap.
+//! the per-request timeout and the run by its duration cap. Without a rate
+//! each worker sends its next request when the last one is done (closed
+//! loop); with one, the counter hands out slots of a fixed schedule and a
+//! worker waits for its slot's time (open loop, as far as `concurrency`
+//! connections allow).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +52,8 @@ pub async fn run(spec: &ClientSpec) -> Result<ClientReport> {
             count: spec.count,
             timeout: spec.timeout,
             interval: spec.interval,
+            rate: spec.rate,
+            start,
             deadline,
             keep_last,
             verbose: spec.verbose,
@@ -72,6 +78,8 @@ struct Limits {
     count: u64,
     timeout: Duration,
     interval: Duration,
+    rate: Option<u64>,
+    start: Instant,
     deadline: Instant,
     keep_last: bool,
     verbose: bool,
@@ -82,19 +90,38 @@ async fn worker(p: &Prepared, expected: Option<&str>, next: &AtomicU64, l: Limit
     let mut conn: Option<Sender> = None;
     let mut first = true;
     loop {
-        if !first && !l.interval.is_zero() {
-            tokio::time::sleep_until((Instant::now() + l.interval).min(l.deadline)).await;
-        }
-        first = false;
-        let now = Instant::now();
-        if now >= l.deadline {
-            break;
-        }
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= l.count {
-            break;
-        }
-        let budget = l.timeout.min(l.deadline - now);
+        let (i, budget) = match l.rate {
+            Some(rate) => {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= l.count {
+                    break;
+                }
+                let due = l.start + slot_offset(i, rate);
+                if due >= l.deadline {
+                    break;
+                }
+                tokio::time::sleep_until(due).await;
+                report.record_start_lag(Instant::now().saturating_duration_since(due));
+                (i, l.timeout)
+            }
+            None => {
+                if !first && !l.interval.is_zero() {
+                    tokio::time::sleep_until((Instant::now() + l.interval).min(l.deadline)).await;
+                }
+                first = false;
+                let now = Instant::now();
+                if now >= l.deadline {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= l.count {
+                    break;
+                }
+                // The deadline stops new requests; one already started gets
+                // its full timeout (a sliver of budget would fail it).
+                (i, l.timeout)
+            }
+        };
         let started = Instant::now();
         let result = match tokio::time::timeout(budget, request(&mut conn, p, expected)).await {
             Ok(result) => result,
@@ -104,6 +131,7 @@ async fn worker(p: &Prepared, expected: Option<&str>, next: &AtomicU64, l: Limit
                 Err(format!("no response within {} ms", budget.as_millis()))
             }
         };
+        report.record_latency(started.elapsed());
         match result {
             Ok(answer) => {
                 if l.verbose {
@@ -139,6 +167,13 @@ async fn worker(p: &Prepared, expected: Option<&str>, next: &AtomicU64, l: Limit
         }
     }
     report
+}
+
+/// When slot `i` of a schedule of `rate` requests per second starts,
+/// counted from the start of the run.
+fn slot_offset(i: u64, rate: u64) -> Duration {
+    let nanos = u128::from(i) * 1_000_000_000 / u128::from(rate.max(1));
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 /// A connection of either protocol.
@@ -326,4 +361,67 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn echo() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { crate::echo::serve(listener, "rate-echo").await });
+        addr
+    }
+
+    #[test]
+    fn slots_are_evenly_spaced() {
+        assert_eq!(slot_offset(0, 200), Duration::ZERO);
+        assert_eq!(slot_offset(1, 200), Duration::from_millis(5));
+        assert_eq!(slot_offset(200, 200), Duration::from_secs(1));
+        assert_eq!(slot_offset(1, 3), Duration::from_nanos(333_333_333));
+        assert_eq!(slot_offset(120_000, 200), Duration::from_secs(600));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fixed_rate_keeps_its_schedule_and_counts_exactly() {
+        let addr = echo().await;
+        let spec = ClientSpec::new(&format!("http://{addr}/"))
+            .rate(100)
+            .count(50)
+            .concurrency(4);
+        let begun = std::time::Instant::now();
+        let r = run(&spec).await.expect("runs");
+        let took = begun.elapsed();
+        assert_eq!((r.sent, r.ok, r.failed), (50, 50, 0), "{r:?}");
+        // The last slot starts 490 ms in: not sooner, whatever the speed.
+        assert!(took >= Duration::from_millis(490), "{took:?}");
+        assert!(r.max_latency_ms < 5000, "{r:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fixed_rate_stops_at_the_duration_and_counts_failures() {
+        let addr = echo().await;
+        // Slots at 0, 100 and 200 ms fall within 250 ms; the rest do not.
+        let spec = ClientSpec::new(&format!("http://{addr}/"))
+            .rate(10)
+            .count(1000)
+            .duration(Duration::from_millis(250));
+        let r = run(&spec).await.expect("runs");
+        assert_eq!((r.sent, r.ok), (3, 3), "{r:?}");
+
+        // Nothing listening: every slot is a counted failure.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let spec = ClientSpec::new(&format!("http://{closed}/"))
+            .rate(50)
+            .count(10)
+            .concurrency(2);
+        let r = run(&spec).await.expect("runs");
+        assert_eq!((r.sent, r.ok, r.failed), (10, 0, 10), "{r:?}");
+    }
 }

@@ -270,6 +270,8 @@ pub struct Lab {
     pub(crate) pods: BTreeMap<String, PodState>,
     pub(crate) services: BTreeMap<(String, String), ServiceState>,
     pub(crate) knitd: Option<u64>,
+    /// The CA flags knitd starts with.
+    pub(crate) knitd_ca: crate::knitd::KnitdCa,
     pub(crate) dual_stack: bool,
     pub(crate) next_pod_index: u32,
     pub(crate) next_vip_index: u32,
@@ -327,6 +329,7 @@ impl Lab {
             pods: BTreeMap::new(),
             services: BTreeMap::new(),
             knitd: None,
+            knitd_ca: crate::knitd::KnitdCa::default(),
             dual_stack,
             next_pod_index: 11,
             next_vip_index: 10,
@@ -365,7 +368,8 @@ impl Lab {
     }
 
     /// The lab's directory: `config/` (knitd's), `logs/`, `tls/`,
-    /// `tokens/` (the proxies' CA tokens) and `knitd-state/` (the CA root).
+    /// `tokens/` (the proxies' CA tokens), `knitd-state/` (the CA root) and
+    /// `roots/` (roots made by [`Lab::create_root_ca`]).
     pub fn dir(&self) -> &Path {
         &self.shared.dir
     }
@@ -431,7 +435,9 @@ impl Lab {
         self.shared.dir.join("knitd-state")
     }
 
-    /// Starts knitd in the node namespace and waits for `/healthz`.
+    /// Starts knitd in the node namespace and waits for `/healthz`. Its CA
+    /// is the persisted root in [`Lab::knitd_state_dir`] unless
+    /// [`Lab::start_knitd_with`] said otherwise.
     pub fn start_knitd(&mut self) -> Result<()> {
         if self.knitd_running() {
             return Err(LabError::AlreadyExists {
@@ -443,8 +449,7 @@ impl Lab {
         let mut cmd = netns::exec_in(&self.shared.tools, &self.shared.node_ns, &knitd);
         cmd.arg("--config-dir")
             .arg(self.config_dir())
-            .arg("--state-dir")
-            .arg(self.knitd_state_dir())
+            .args(self.knitd_ca.args(&self.knitd_state_dir()))
             .args([
                 "--grpc-addr",
                 KNITD_GRPC_ADDR,

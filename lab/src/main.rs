@@ -106,6 +106,10 @@ struct ClientArgs {
     /// Pause between requests on one connection
     #[arg(long, default_value_t = 0)]
     interval_ms: u64,
+    /// Requests per second on a fixed schedule (open loop), spread over
+    /// --concurrency connections
+    #[arg(long, value_name = "PER_SECOND")]
+    rate: Option<u64>,
     /// Extra request header, `name: value` (repeatable)
     #[arg(long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
@@ -142,6 +146,7 @@ impl ClientArgs {
             let (k, v) = parse_header_arg(h)?;
             spec = spec.header(&k, &v);
         }
+        spec.rate = self.rate;
         spec.verbose = self.verbose;
         spec.download = self.download;
         spec.upload = self.upload;

@@ -26,6 +26,8 @@ pub const PROXY_UID: u32 = 1337;
 pub const PROXY_READY_PORT: u16 = 15021;
 /// The proxy's admin port, on 127.0.0.1 inside the pod.
 pub const PROXY_ADMIN_PORT: u16 = 15000;
+/// The proxy's Prometheus port (`/metrics`), on every address of the pod.
+pub const PROXY_METRICS_PORT: u16 = 15090;
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(60);
 const POD_STOP_GRACE: Duration = Duration::from_millis(1500);

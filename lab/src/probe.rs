@@ -18,8 +18,9 @@ use crate::error::{LabError, Result};
 use crate::iptables::{self, NatRule};
 use crate::lab::{KNITD_HTTP_ADDR, Lab, Shared};
 use crate::netns;
-use crate::pod::PROXY_ADMIN_PORT;
+use crate::pod::{PROXY_ADMIN_PORT, PROXY_METRICS_PORT};
 use crate::process::{self, run_checked};
+use crate::prometheus::Samples;
 
 /// Time a client may run past its own `--duration-ms` before it is killed.
 const CLIENT_MARGIN: Duration = Duration::from_secs(15);
@@ -99,6 +100,15 @@ impl Lab {
         let url = format!("http://127.0.0.1:{PROXY_ADMIN_PORT}{path}");
         let resp = self.http_get_in_pod(pod, &url)?;
         expect_2xx(&url, &format!("pod {pod}"), resp)
+    }
+
+    /// The proxy's Prometheus text from `/metrics`, fetched on loopback
+    /// inside the pod (which capture leaves alone), parsed.
+    pub fn proxy_metrics(&self, pod: &str) -> Result<Samples> {
+        let url = format!("http://127.0.0.1:{PROXY_METRICS_PORT}/metrics");
+        let resp = self.http_get_in_pod(pod, &url)?;
+        let body = expect_2xx(&url, &format!("pod {pod}"), resp)?;
+        Ok(Samples::parse(&body))
     }
 
     /// The proxy's counters from `/stats` (`{"counters": {name: n}}`).

@@ -126,6 +126,13 @@ pub struct ClientReport {
     pub verified: u64,
     #[serde(default)]
     pub mismatched: u64,
+    /// The slowest request, from its start to its answer or failure.
+    #[serde(default)]
+    pub max_latency_ms: u64,
+    /// With a fixed rate: the longest a request started after its slot in
+    /// the schedule (a measure of the client falling behind).
+    #[serde(default)]
+    pub max_start_lag_ms: u64,
     /// The first failed transfer check, else the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferCheck>,
@@ -230,6 +237,18 @@ impl ClientReport {
             self.keep_check(check);
         }
         self.elapsed_ms = self.elapsed_ms.max(other.elapsed_ms);
+        self.max_latency_ms = self.max_latency_ms.max(other.max_latency_ms);
+        self.max_start_lag_ms = self.max_start_lag_ms.max(other.max_start_lag_ms);
+    }
+
+    /// Notes how long one request took.
+    pub fn record_latency(&mut self, took: std::time::Duration) {
+        self.max_latency_ms = self.max_latency_ms.max(millis(took));
+    }
+
+    /// Notes how late one request started after its slot.
+    pub fn record_start_lag(&mut self, lag: std::time::Duration) {
+        self.max_start_lag_ms = self.max_start_lag_ms.max(millis(lag));
     }
 
     /// Responses with this status.
@@ -241,6 +260,10 @@ impl ClientReport {
     pub fn all_ok(&self) -> bool {
         self.sent > 0 && self.ok == self.sent
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The pod that answered: the echo body's `pod`, else its `x-echo-pod`
@@ -366,8 +389,12 @@ mod tests {
         );
         b.elapsed_ms = 40;
         a.elapsed_ms = 30;
+        b.record_latency(std::time::Duration::from_millis(7));
+        a.record_latency(std::time::Duration::from_millis(3));
+        a.record_start_lag(std::time::Duration::from_millis(12));
         a.merge(b);
         assert_eq!((a.sent, a.ok, a.failed), (11, 1, 10));
+        assert_eq!((a.max_latency_ms, a.max_start_lag_ms), (7, 12));
         assert_eq!(a.by_pod["p"], 1);
         assert_eq!(a.elapsed_ms, 40);
         let last = a.last.as_ref().unwrap();

@@ -31,6 +31,10 @@ pub const TLS_ECHO_NAMES: [&str; 4] = [
 pub const CA_FILE: &str = "ca.pem";
 pub const CERT_FILE: &str = "tls-echo.pem";
 pub const KEY_FILE: &str = "tls-echo.key";
+/// A client certificate signed by the lab CA, for TLS origination with a
+/// client certificate (DestinationRule MUTUAL).
+pub const CLIENT_CERT_FILE: &str = "client.pem";
+pub const CLIENT_KEY_FILE: &str = "client.key";
 
 /// Longest a client may take for the handshake or stay idle.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,8 +51,9 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Makes a fresh CA and a tls-echo certificate signed by it, and writes
-/// `ca.pem`, `tls-echo.pem` and `tls-echo.key` (mode 0600) into `dir`.
+/// Makes a fresh CA, a tls-echo certificate and a client certificate
+/// signed by it, and writes `ca.pem`, `tls-echo.pem`, `tls-echo.key`,
+/// `client.pem` and `client.key` (keys mode 0600) into `dir`.
 pub fn write_lab_certs(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
@@ -77,9 +82,31 @@ pub fn write_lab_certs(dir: &Path) -> Result<()> {
         .signed_by(&key, &issuer)
         .map_err(|e| tls_err("signing the tls-echo certificate", e))?;
 
+    let client_key = KeyPair::generate().map_err(|e| tls_err("generating the client key", e))?;
+    let mut client = CertificateParams::new(vec!["lab-client".to_string()])
+        .map_err(|e| tls_err("client parameters", e))?;
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "lab-client");
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let client_cert = client
+        .signed_by(&client_key, &issuer)
+        .map_err(|e| tls_err("signing the client certificate", e))?;
+
     write_file(&dir.join(CA_FILE), ca_cert.pem().as_bytes(), 0o644)?;
     write_file(&dir.join(CERT_FILE), cert.pem().as_bytes(), 0o644)?;
-    write_file(&dir.join(KEY_FILE), key.serialize_pem().as_bytes(), 0o600)
+    write_file(&dir.join(KEY_FILE), key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(
+        &dir.join(CLIENT_CERT_FILE),
+        client_cert.pem().as_bytes(),
+        0o644,
+    )?;
+    write_file(
+        &dir.join(CLIENT_KEY_FILE),
+        client_key.serialize_pem().as_bytes(),
+        0o600,
+    )
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
@@ -110,16 +137,28 @@ pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// The tls-echo's server config from `cert_dir`.
+/// The tls-echo's server config from `cert_dir`. A client certificate is
+/// asked for but optional; one presented must chain to the lab CA.
 pub fn server_config(cert_dir: &Path) -> Result<Arc<rustls::ServerConfig>> {
     let certs = read_certs(&cert_dir.join(CERT_FILE))?;
     let key_path: PathBuf = cert_dir.join(KEY_FILE);
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| tls_err(&format!("reading {}", key_path.display()), e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certs(&cert_dir.join(CA_FILE))? {
+        roots
+            .add(ca)
+            .map_err(|e| tls_err("the lab CA as a client-certificate root", e))?;
+    }
+    let client_verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| tls_err("the client-certificate verifier", e))?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err("TLS versions", e))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_verifier)
         .with_single_cert(certs, key)
         .map_err(|e| tls_err("the tls-echo certificate", e))?;
     Ok(Arc::new(config))
@@ -162,7 +201,8 @@ pub async fn serve_echo(
     }
 }
 
-/// Handshake, greet with the SNI the client sent, then echo until the
+/// Handshake, greet with the SNI the client sent (and ` client=verified`
+/// when it presented a certificate of the lab CA), then echo until the
 /// client closes its side; close ours with close_notify.
 async fn echo_connection(
     acceptor: TlsAcceptor,
@@ -174,8 +214,15 @@ async fn echo_connection(
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
         })??;
-    let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
-    tls.write_all(format!("hello from {pod} sni={sni}\n").as_bytes())
+    let session = tls.get_ref().1;
+    let sni = session.server_name().unwrap_or("-").to_string();
+    // A client certificate got here only if it chains to the lab CA.
+    let client = if session.peer_certificates().is_some_and(|c| !c.is_empty()) {
+        " client=verified"
+    } else {
+        ""
+    };
+    tls.write_all(format!("hello from {pod} sni={sni}{client}\n").as_bytes())
         .await?;
     tls.flush().await?;
     let (mut r, mut w) = split(tls);

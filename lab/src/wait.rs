@@ -12,9 +12,17 @@ const POLL: Duration = Duration::from_millis(75);
 /// Calls `f` every ~75 ms until it returns `Ok(true)`. An `Err` from `f` is
 /// not fatal (the condition may become checkable later) but is remembered;
 /// after `timeout` the error names `what` and the last failure.
-pub fn wait_until(
+pub fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> Result<bool>) -> Result<()> {
+    wait_until_every(what, timeout, POLL, f)
+}
+
+/// [`wait_until`] re-checking every `poll`: for conditions that are
+/// costly to check (each check of a pod runs a process in it) and change
+/// slowly (certificate renewals), while load runs on the same cores.
+pub fn wait_until_every(
     what: &str,
     timeout: Duration,
+    poll: Duration,
     mut f: impl FnMut() -> Result<bool>,
 ) -> Result<()> {
     let start = Instant::now();
@@ -41,7 +49,7 @@ pub fn wait_until(
                 last,
             });
         }
-        thread::sleep(POLL.min(timeout - elapsed));
+        thread::sleep(poll.min(timeout - elapsed));
     }
 }
 

@@ -251,9 +251,10 @@ fn istio_mutual_overrides_a_disable_peer_authentication() {
 
 /// SIMPLE: a plaintext TCP client in a meshed pod reaches the lab's
 /// tls-echo (outside the mesh) over TLS its proxy originates, verified with
-/// the lab CA; the echo greets with the SNI the proxy sent.
+/// the lab CA; the echo greets with the SNI the proxy sent. MUTUAL: the
+/// proxy also presents a client certificate.
 #[test]
-fn simple_originates_tls_to_a_server_outside_the_mesh() {
+fn simple_and_mutual_originate_tls_to_a_server_outside_the_mesh() {
     let (lab, _, _) = mesh("dr-simple", |lab| {
         lab.add_service(
             ServiceSpec::new("tls-echo")
@@ -294,6 +295,41 @@ fn simple_originates_tls_to_a_server_outside_the_mesh() {
     );
     assert_eq!(r.echo, BannerClientSpec::new("x", 1).line, "{r:?}");
     assert!(stat(&lab, "frontend", "upstream.direct.tls_connections_opened") >= 1);
+
+    // MUTUAL: the proxy also presents a client certificate of the lab CA
+    // (its key readable by the proxy's uid only, as a mounted secret is).
+    let tls_dir = lab
+        .ca_file()
+        .parent()
+        .map(|d| d.to_path_buf())
+        .unwrap_or_default();
+    let key = lab.dir().join("proxy-client.key");
+    std::fs::copy(tls_dir.join(knit_lab::tls::CLIENT_KEY_FILE), &key)
+        .unwrap_or_else(|e| panic!("copy the client key: {e}"));
+    std::os::unix::fs::chown(&key, Some(1337), Some(1337))
+        .unwrap_or_else(|e| panic!("chown the client key: {e}"));
+    let cert = tls_dir.join(knit_lab::tls::CLIENT_CERT_FILE);
+    lab.write_config(
+        "dr-tls-echo.yaml",
+        &destination_rule(
+            "tls-echo",
+            "tls-echo",
+            &format!(
+                "{{mode: MUTUAL, caCertificates: \"{ca}\", clientCertificate: \"{}\", privateKey: \"{}\"}}",
+                cert.display(),
+                key.display()
+            ),
+        ),
+    )
+    .or_logs(&lab);
+    wait_for_client_tls(&lab, "frontend", "tls-echo", "mutual");
+    let r = greet();
+    assert_eq!(
+        r.greeting,
+        "hello from tls-echo sni=tls-echo.default.svc.cluster.local client=verified",
+        "MUTUAL presents the client certificate: {r:?}\n{}",
+        lab.logs_tail(20)
+    );
 
     lab.write_config("dr-tls-echo.yaml", &simple(", sni: tls-echo"))
         .or_logs(&lab);

@@ -92,9 +92,9 @@ pub async fn run(opts: ProxyOptions, shutdown: impl Future<Output = ()>) -> Resu
             .validate()
             .map_err(|e| Error::InvalidConfig(format!("workload identity: {e}")))?;
         info!(%id, ca = %identity.ca_url, "workload identity on; requesting a certificate");
-        ctx.identity = Some(identity::IdentityManager::with_expiry_gauges(
+        ctx.identity = Some(identity::IdentityManager::with_metrics(
             identity.clone(),
-            ctx.metrics.identity_expiry(),
+            ctx.metrics.identity_metrics(),
         ));
     }
     let ctx = Arc::new(ctx);

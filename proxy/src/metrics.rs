@@ -3,15 +3,17 @@
 //! peer proxy sent (validated and bounded) — never from client input, so
 //! cardinality stays bounded by the mesh's size.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
 };
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -59,7 +61,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     tcp_opened: Family<TrafficLabels, Counter>,
-    identity_expiry: Arc<IdentityExpiry>,
+    identity: Arc<IdentityMetrics>,
 }
 
 impl Default for Metrics {
@@ -77,13 +79,13 @@ impl Default for Metrics {
             "Opaque TCP connections and tunnels opened, by reporting proxy",
             tcp_opened.clone(),
         );
-        let identity_expiry = Arc::new(IdentityExpiry::default());
-        registry.register_collector(Box::new(Arc::clone(&identity_expiry)));
+        let identity = Arc::new(IdentityMetrics::default());
+        registry.register_collector(Box::new(Arc::clone(&identity)));
         Metrics {
             registry,
             requests,
             tcp_opened,
-            identity_expiry,
+            identity,
         }
     }
 }
@@ -102,10 +104,10 @@ impl Metrics {
         self.tcp_opened.get_or_create(&traffic).inc();
     }
 
-    /// Where the identity manager records its certificate's and bundle's
-    /// expiry, for `knit_identity_*_expiry_seconds`.
-    pub fn identity_expiry(&self) -> Arc<IdentityExpiry> {
-        Arc::clone(&self.identity_expiry)
+    /// Where the identity manager records its certificates, renewals and
+    /// failures, for the `knit_identity_*` metrics.
+    pub fn identity_metrics(&self) -> Arc<IdentityMetrics> {
+        Arc::clone(&self.identity)
     }
 
     /// The Prometheus text exposition.
@@ -117,44 +119,109 @@ impl Metrics {
     }
 }
 
-/// When this proxy's workload certificate (the leaf's notAfter) and its
-/// trust bundle (the earliest root's notAfter) expire, as recorded on each
-/// issuance.
+/// What the identity manager reports about this proxy's workload
+/// certificate and trust bundle, recorded on each issuance and failure and
+/// exported at scrape time. Nothing is exported before the first
+/// certificate (and with identity off nothing ever is): a 0 would read as
+/// "expires now".
 ///
-/// The gauges `knit_identity_cert_expiry_seconds` and
-/// `knit_identity_bundle_expiry_seconds` are computed from these at scrape
-/// time — seconds from the scrape to the expiry — so they count down
-/// between issuances without a timer, and an alert such as `< 3600` fires
-/// when renewal has been failing, whatever the scrape interval. Before the
-/// first certificate (and with identity off) neither gauge is exported: a
-/// 0 would read as "expires now". After an expiry they go negative, which
-/// says how long ago.
+/// - `knit_identity_cert_expiry_seconds`, `knit_identity_bundle_expiry_seconds`:
+///   seconds from the scrape to the leaf's notAfter and to the earliest
+///   root's notAfter. Computed at scrape time, so they count down between
+///   issuances without a timer, and an alert such as `< 3600` fires when
+///   renewal has been failing, whatever the scrape interval. After an
+///   expiry they go negative, which says how long ago.
+/// - `knit_identity_renewals_total`: certificates installed in place of an
+///   earlier one.
+/// - `knit_identity_sign_failures_total{reason}`: failed issuances, by the
+///   reason token of the proxy's log line (`ca_unreachable`...).
+/// - `knit_identity_trust_bundle_roots` and one
+///   `knit_identity_trust_bundle_root_info{fingerprint}` per root: what the
+///   proxy trusts, to follow a root rotation proxy by proxy.
+/// - `knit_identity_cert_info{serial,root_fingerprint}`: the certificate
+///   in use and the bundle root it chains to (one series at a time).
 #[derive(Debug)]
-pub struct IdentityExpiry {
+pub struct IdentityMetrics {
     /// Unix seconds; [`NOT_SET`] until the first issuance.
     cert_not_after: AtomicI64,
     bundle_not_after: AtomicI64,
+    renewals: AtomicU64,
+    failures: Mutex<BTreeMap<&'static str, u64>>,
+    installed: Mutex<Option<InstalledCert>>,
+}
+
+/// The earlier name of [`IdentityMetrics`], from when it held only the
+/// expiry gauges.
+pub type IdentityExpiry = IdentityMetrics;
+
+/// The labels of the certificate in use, copied at installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledCert {
+    pub serial: String,
+    /// Fingerprint of the bundle root the certificate chains to.
+    pub root_fingerprint: String,
+    /// Fingerprints of the bundle's roots, in bundle order.
+    pub bundle_fingerprints: Vec<String>,
 }
 
 /// No certificate yet.
 const NOT_SET: i64 = i64::MIN;
 
-impl Default for IdentityExpiry {
+impl Default for IdentityMetrics {
     fn default() -> Self {
-        IdentityExpiry {
+        IdentityMetrics {
             cert_not_after: AtomicI64::new(NOT_SET),
             bundle_not_after: AtomicI64::new(NOT_SET),
+            renewals: AtomicU64::new(0),
+            failures: Mutex::new(BTreeMap::new()),
+            installed: Mutex::new(None),
         }
     }
 }
 
-impl IdentityExpiry {
-    /// Records a newly installed certificate and bundle.
+impl IdentityMetrics {
+    /// Records a newly installed certificate and bundle (expiry only).
     pub fn record(&self, cert_not_after: SystemTime, bundle_not_after: SystemTime) {
         self.cert_not_after
             .store(unix_seconds(cert_not_after), Ordering::Relaxed);
         self.bundle_not_after
             .store(unix_seconds(bundle_not_after), Ordering::Relaxed);
+    }
+
+    /// Records a newly installed certificate: its expiry, what it chains
+    /// to, and whether it replaced an earlier one (a renewal).
+    pub fn record_installed(
+        &self,
+        cert: InstalledCert,
+        cert_not_after: SystemTime,
+        bundle_not_after: SystemTime,
+        renewal: bool,
+    ) {
+        *lock(&self.installed) = Some(cert);
+        self.record(cert_not_after, bundle_not_after);
+        if renewal {
+            self.renewals.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one failed issuance under its reason token.
+    pub fn record_sign_failure(&self, reason: &'static str) {
+        *lock(&self.failures).entry(reason).or_insert(0) += 1;
+    }
+
+    /// Certificates installed in place of an earlier one.
+    pub fn renewals(&self) -> u64 {
+        self.renewals.load(Ordering::Relaxed)
+    }
+
+    /// Failed issuances with this reason token.
+    pub fn sign_failures(&self, reason: &str) -> u64 {
+        lock(&self.failures).get(reason).copied().unwrap_or(0)
+    }
+
+    /// The certificate in use, as last recorded.
+    pub fn installed(&self) -> Option<InstalledCert> {
+        lock(&self.installed).clone()
     }
 
     /// Seconds from `now` until each expiry; `None` before the first
@@ -170,6 +237,11 @@ impl IdentityExpiry {
     }
 }
 
+/// The maps here are plain values; a panic elsewhere leaves them consistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn unix_seconds(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -177,28 +249,84 @@ fn unix_seconds(t: SystemTime) -> i64 {
     }
 }
 
-impl Collector for IdentityExpiry {
+fn encode_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let gauge = ConstGauge::new(value);
+    let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+    gauge.encode(metric)
+}
+
+impl Collector for IdentityMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let failures = lock(&self.failures).clone();
+        if !failures.is_empty() {
+            let mut metric = encoder.encode_descriptor(
+                "knit_identity_sign_failures",
+                "Failed workload certificate issuances, by reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, count) in &failures {
+                let labels = [("reason", *reason)];
+                ConstCounter::new(*count).encode(metric.encode_family(&labels)?)?;
+            }
+        }
         let Some((cert, bundle)) = self.remaining_at(SystemTime::now()) else {
             return Ok(());
         };
-        for (name, help, value) in [
-            (
-                "knit_identity_cert_expiry_seconds",
-                "Seconds until this proxy's workload certificate expires (negative: expired)",
-                cert,
-            ),
-            (
-                "knit_identity_bundle_expiry_seconds",
-                "Seconds until the earliest root of the trust bundle expires (negative: expired)",
-                bundle,
-            ),
-        ] {
-            let gauge = ConstGauge::new(value);
-            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
-            gauge.encode(metric)?;
+        encode_gauge(
+            &mut encoder,
+            "knit_identity_cert_expiry_seconds",
+            "Seconds until this proxy's workload certificate expires (negative: expired)",
+            cert,
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "knit_identity_bundle_expiry_seconds",
+            "Seconds until the earliest root of the trust bundle expires (negative: expired)",
+            bundle,
+        )?;
+        let renewals = ConstCounter::new(self.renewals());
+        renewals.encode(encoder.encode_descriptor(
+            "knit_identity_renewals",
+            "Workload certificates installed in place of an earlier one",
+            None,
+            renewals.metric_type(),
+        )?)?;
+        let Some(installed) = self.installed() else {
+            return Ok(());
+        };
+        encode_gauge(
+            &mut encoder,
+            "knit_identity_trust_bundle_roots",
+            "Root certificates in this proxy's trust bundle",
+            i64::try_from(installed.bundle_fingerprints.len()).unwrap_or(i64::MAX),
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "knit_identity_trust_bundle_root_info",
+            "One series per root of this proxy's trust bundle (value 1)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for fingerprint in &installed.bundle_fingerprints {
+            let labels = [("fingerprint", fingerprint.as_str())];
+            ConstGauge::new(1i64).encode(metric.encode_family(&labels)?)?;
         }
-        Ok(())
+        let mut metric = encoder.encode_descriptor(
+            "knit_identity_cert_info",
+            "The workload certificate in use and the bundle root it chains to (value 1)",
+            None,
+            MetricType::Gauge,
+        )?;
+        let labels = [
+            ("serial", installed.serial.as_str()),
+            ("root_fingerprint", installed.root_fingerprint.as_str()),
+        ];
+        ConstGauge::new(1i64).encode(metric.encode_family(&labels)?)
     }
 }
 
@@ -267,15 +395,15 @@ mod tests {
             "no gauge before the first certificate"
         );
         let now = SystemTime::now();
-        m.identity_expiry().record(
+        m.identity_metrics().record(
             now + std::time::Duration::from_secs(3600),
             now + std::time::Duration::from_secs(10 * 86400),
         );
-        let (cert, bundle) = m.identity_expiry().remaining_at(now).expect("recorded");
+        let (cert, bundle) = m.identity_metrics().remaining_at(now).expect("recorded");
         assert_eq!((cert, bundle), (3600, 864_000));
         let later = now + std::time::Duration::from_secs(3700);
         assert_eq!(
-            m.identity_expiry().remaining_at(later).map(|r| r.0),
+            m.identity_metrics().remaining_at(later).map(|r| r.0),
             Some(-100)
         );
         let text = m.encode();
@@ -292,6 +420,67 @@ mod tests {
         // Computed at scrape time: a second or two may have passed.
         assert!((3590..=3600).contains(&value("knit_identity_cert_expiry_seconds")));
         assert!((863_990..=864_000).contains(&value("knit_identity_bundle_expiry_seconds")));
+    }
+
+    #[test]
+    fn renewals_failures_and_the_bundle_are_exported() {
+        let m = Metrics::default();
+        let identity = m.identity_metrics();
+        identity.record_sign_failure("ca_unreachable");
+        let text = m.encode();
+        assert!(
+            text.contains("knit_identity_sign_failures_total{reason=\"ca_unreachable\"} 1"),
+            "failures count before the first certificate: {text}"
+        );
+        assert!(!text.contains("knit_identity_renewals"), "{text}");
+
+        let now = SystemTime::now();
+        let hour = now + std::time::Duration::from_secs(3600);
+        let cert = |serial: &str, root: &str, bundle: &[&str]| InstalledCert {
+            serial: serial.into(),
+            root_fingerprint: root.into(),
+            bundle_fingerprints: bundle.iter().map(|f| f.to_string()).collect(),
+        };
+        identity.record_installed(cert("01", "sha256:aa", &["sha256:aa"]), hour, hour, false);
+        let text = m.encode();
+        assert!(text.contains("knit_identity_renewals_total 0"), "{text}");
+        assert!(
+            text.contains("knit_identity_trust_bundle_roots 1"),
+            "{text}"
+        );
+
+        // A renewal during a rotation: a second root, signed by the new one.
+        identity.record_installed(
+            cert("02", "sha256:bb", &["sha256:bb", "sha256:aa"]),
+            hour,
+            hour,
+            true,
+        );
+        identity.record_sign_failure("ca_unreachable");
+        identity.record_sign_failure("ca_unavailable");
+        let text = m.encode();
+        for line in [
+            "knit_identity_renewals_total 1",
+            "knit_identity_trust_bundle_roots 2",
+            "knit_identity_trust_bundle_root_info{fingerprint=\"sha256:bb\"} 1",
+            "knit_identity_trust_bundle_root_info{fingerprint=\"sha256:aa\"} 1",
+            "knit_identity_cert_info{serial=\"02\",root_fingerprint=\"sha256:bb\"} 1",
+            "knit_identity_sign_failures_total{reason=\"ca_unreachable\"} 2",
+            "knit_identity_sign_failures_total{reason=\"ca_unavailable\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        assert!(
+            !text.contains("serial=\"01\""),
+            "only the certificate in use"
+        );
+        assert_eq!(
+            (
+                identity.renewals(),
+                identity.sign_failures("ca_unreachable")
+            ),
+            (1, 2)
+        );
     }
 
     #[test]

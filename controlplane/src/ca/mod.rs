@@ -48,7 +48,13 @@
 //! An intermediate under an unchanged root rotates in one step: certificates
 //! from the old and the new intermediate chain to the same root.
 //! `/debug/ca` on the debug port shows the active issuer and the bundle's
-//! fingerprints, to check each step.
+//! fingerprints, to check each step; each proxy's `/metrics` shows the
+//! same fingerprints for what it holds (`knit_identity_trust_bundle_root_info`
+//! per root, and the root its certificate chains to in
+//! `knit_identity_cert_info`), so "every proxy trusts both" (after step 1)
+//! and "every certificate chains to the new root" (before step 3) can be
+//! checked rather than waited out. Proxies keep serving their certificates
+//! while knitd restarts, and retry a renewal that fails meanwhile.
 
 pub mod auth;
 pub mod authority;
@@ -59,6 +65,9 @@ pub mod pki;
 pub mod service;
 pub mod store;
 pub mod tls;
+
+#[cfg(test)]
+mod rotation_tests;
 
 pub use auth::{CallerAuthenticator, CallerIdentity, FileTokenAuthenticator, WorkloadTokens};
 pub use authority::{

@@ -21,6 +21,7 @@ pub struct TrustBundle {
     roots: Vec<CertificateDer<'static>>,
     anchors: Vec<TrustAnchor<'static>>,
     subjects: Vec<DistinguishedName>,
+    fingerprints: Vec<String>,
 }
 
 impl TrustBundle {
@@ -36,6 +37,7 @@ impl TrustBundle {
         }
         let mut anchors = Vec::with_capacity(roots.len());
         let mut subjects = Vec::with_capacity(roots.len());
+        let mut fingerprints = Vec::with_capacity(roots.len());
         for (index, root) in roots.iter().enumerate() {
             let bad = |reason: String| IdentityError::BadRoot { index, reason };
             let (rest, x509) =
@@ -57,12 +59,14 @@ impl TrustBundle {
                 .to_owned();
             subjects.push(DistinguishedName::in_sequence(anchor.subject.as_ref()));
             anchors.push(anchor);
+            fingerprints.push(fingerprint(root.as_ref()));
         }
         Ok(Self {
             trust_domain,
             roots,
             anchors,
             subjects,
+            fingerprints,
         })
     }
 
@@ -90,6 +94,22 @@ impl TrustBundle {
         &self.roots
     }
 
+    /// Each root's `sha256:<hex>` fingerprint, in bundle order: the form
+    /// knitd's `/debug/ca` and its logs use, so an operator can tell which
+    /// roots a proxy trusts during a rotation.
+    pub fn fingerprints(&self) -> &[String] {
+        &self.fingerprints
+    }
+
+    /// Whether the bundle holds exactly the roots with these fingerprints,
+    /// in any order.
+    pub fn has_exactly(&self, fingerprints: &[&str]) -> bool {
+        self.fingerprints.len() == fingerprints.len()
+            && fingerprints
+                .iter()
+                .all(|want| self.fingerprints.iter().any(|have| have == want))
+    }
+
     pub(crate) fn anchors(&self) -> &[TrustAnchor<'static>] {
         &self.anchors
     }
@@ -98,5 +118,37 @@ impl TrustBundle {
     /// CertificateRequest (encrypted in TLS 1.3).
     pub(crate) fn subjects(&self) -> &[DistinguishedName] {
         &self.subjects
+    }
+}
+
+/// `sha256:<lowercase hex>` of a certificate's DER, as knitd prints it.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let digest = sha2::Sha256::digest(der);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for byte in digest.iter() {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_are_sha256_of_the_der() {
+        // SHA-256 of the empty input and of "abc" (FIPS 180-2 test vectors).
+        assert_eq!(
+            fingerprint(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            fingerprint(b"abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -9,8 +9,9 @@
 //!              ─► WorkloadIdentity {server config, client configs on demand}
 //!              ─► ArcSwapOption::store            (the data path load_full()s it)
 //!   ok:   sleep until 50 % (±10 %) of the remaining lifetime, then again
-//!   fail: log, keep serving the old identity, retry after 1 s → 30 s
-//!         (full jitter; 250 ms → 30 s before the first certificate);
+//!   fail: log, count, keep serving the old identity, retry after 1 s → 30 s
+//!         (full jitter; 250 ms → 30 s before the first certificate), at most
+//!         a quarter of the old certificate's remaining lifetime apart;
 //!         withdraw the old identity once it has expired
 //! ```
 //!
@@ -33,7 +34,7 @@ use super::csr::WorkloadKey;
 use super::sign::{self, IssueError};
 use super::{IdentityError, MESH_ALPN, SpiffeId, TrustBundle, TrustDomain};
 use crate::config::backoff::Backoff;
-use crate::metrics::IdentityExpiry;
+use crate::metrics::{IdentityMetrics, InstalledCert};
 
 /// The certificate lifetime a proxy asks for unless told otherwise. The CA
 /// may shorten it (knitd caps it at `--max-cert-ttl`).
@@ -56,6 +57,9 @@ const RETRY_CAP: Duration = Duration::from_secs(30);
 /// and the usual early refusal is the CA not having loaded the workload's
 /// token yet (knitd polls its config every 250 ms), which clears at once.
 const FIRST_RETRY_BASE: Duration = Duration::from_millis(250);
+/// The shortest retry [`retry_delay`] caps to, so a certificate close to
+/// its expiry does not make the proxy hammer the CA.
+const MIN_RETRY_DELAY: Duration = Duration::from_millis(250);
 /// Client configs kept per identity. One per peer identity a proxy dials
 /// (service accounts, not pods), so the bound is only a guard against a
 /// config that names unboundedly many.
@@ -126,6 +130,7 @@ pub struct WorkloadIdentity {
     /// The leaf's notAfter.
     pub not_after: SystemTime,
     serial: String,
+    root_fingerprint: String,
     bundle_not_after: SystemTime,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -138,6 +143,7 @@ impl std::fmt::Debug for WorkloadIdentity {
         f.debug_struct("WorkloadIdentity")
             .field("id", &self.id)
             .field("serial", &self.serial)
+            .field("root", &self.root_fingerprint)
             .field("not_after", &self.not_after)
             .field("bundle_roots", &self.bundle.roots().len())
             .finish_non_exhaustive()
@@ -180,6 +186,12 @@ impl WorkloadIdentity {
         &self.serial
     }
 
+    /// The fingerprint of the bundle root this certificate chains to
+    /// (`sha256:<hex>`, as knitd's `/debug/ca` shows roots).
+    pub fn root_fingerprint(&self) -> &str {
+        &self.root_fingerprint
+    }
+
     /// The certificate chain presented to peers: leaf first, then
     /// intermediates.
     pub fn cert_chain(&self) -> &[CertificateDer<'static>] {
@@ -211,7 +223,7 @@ pub struct IdentityManager {
     current: ArcSwapOption<WorkloadIdentity>,
     /// Bumped whenever `current` changes (issued, renewed, withdrawn).
     changed: watch::Sender<u64>,
-    expiry: Arc<IdentityExpiry>,
+    metrics: Arc<IdentityMetrics>,
     last_failure: Mutex<Option<IssueFailure>>,
 }
 
@@ -227,19 +239,24 @@ impl std::fmt::Debug for IdentityManager {
 impl IdentityManager {
     /// A manager with no identity yet; [`IdentityManager::run`] obtains one.
     pub fn new(opts: IdentityOptions) -> Arc<Self> {
-        Self::with_expiry_gauges(opts, Arc::new(IdentityExpiry::default()))
+        Self::with_metrics(opts, Arc::new(IdentityMetrics::default()))
     }
 
-    /// Like [`IdentityManager::new`], recording each issuance in `gauges`
-    /// (the proxy passes its `/metrics` ones).
-    pub fn with_expiry_gauges(opts: IdentityOptions, gauges: Arc<IdentityExpiry>) -> Arc<Self> {
+    /// Like [`IdentityManager::new`], recording issuances, renewals and
+    /// failures in `metrics` (the proxy passes its `/metrics` ones).
+    pub fn with_metrics(opts: IdentityOptions, metrics: Arc<IdentityMetrics>) -> Arc<Self> {
         Arc::new(IdentityManager {
             opts,
             current: ArcSwapOption::empty(),
             changed: watch::channel(0).0,
-            expiry: gauges,
+            metrics,
             last_failure: Mutex::new(None),
         })
+    }
+
+    /// What this manager records for `/metrics`.
+    pub fn metrics(&self) -> &Arc<IdentityMetrics> {
+        &self.metrics
     }
 
     /// The identity to use now, if there is one. Lock-free.
@@ -302,6 +319,7 @@ impl IdentityManager {
             server_config,
             not_after: checked.not_after,
             serial: checked.serial,
+            root_fingerprint: checked.root_fingerprint,
             bundle_not_after: checked.bundle_not_after,
             chain: checked.chain,
             key: key.key,
@@ -311,17 +329,35 @@ impl IdentityManager {
         Ok(identity)
     }
 
+    /// Swaps `identity` in whole: connections made from now on use its
+    /// configs (and its bundle), connections already made keep theirs.
     fn install(&self, identity: Arc<WorkloadIdentity>) {
         info!(
             id = %identity.id,
             serial = %identity.serial,
             not_after = %display_time(identity.not_after),
+            root = %identity.root_fingerprint,
             bundle_roots = identity.bundle.roots().len(),
             "workload certificate installed"
         );
-        self.expiry
-            .record(identity.not_after, identity.bundle_not_after);
-        self.current.store(Some(identity));
+        let installed = InstalledCert {
+            serial: identity.serial.clone(),
+            root_fingerprint: identity.root_fingerprint.clone(),
+            bundle_fingerprints: identity.bundle.fingerprints().to_vec(),
+        };
+        let (not_after, bundle_not_after) = (identity.not_after, identity.bundle_not_after);
+        let previous = self.current.swap(Some(identity));
+        if let Some(previous) = &previous
+            && previous.bundle.fingerprints() != installed.bundle_fingerprints
+        {
+            info!(
+                from = ?previous.bundle.fingerprints(),
+                to = ?installed.bundle_fingerprints,
+                "trust bundle changed; new handshakes use the new one"
+            );
+        }
+        self.metrics
+            .record_installed(installed, not_after, bundle_not_after, previous.is_some());
         *self.lock_failure() = None;
         self.changed.send_modify(|generation| *generation += 1);
     }
@@ -349,6 +385,7 @@ impl IdentityManager {
     }
 
     fn record_failure(&self, err: &IssueError) {
+        self.metrics.record_sign_failure(err.reason());
         let consecutive = {
             let mut last = self.lock_failure();
             let consecutive = last.as_ref().map_or(1, |f| f.consecutive.saturating_add(1));
@@ -398,14 +435,15 @@ impl IdentityManager {
                 }
                 Err(err) => {
                     self.record_failure(&err);
-                    let mut wait = backoff.next_delay();
-                    // Wake up at the expiry of what is being served, to
-                    // withdraw it on time.
-                    if let Some(current) = self.current()
-                        && let Ok(left) = current.not_after.duration_since(SystemTime::now())
-                    {
-                        wait = wait.min(left);
-                    }
+                    let left = self
+                        .current()
+                        .map(|current| current.not_after.duration_since(SystemTime::now()));
+                    let wait = match left {
+                        Some(Ok(left)) => retry_delay(backoff.next_delay(), left),
+                        // Nothing served, or already expired (withdrawn on
+                        // the next turn): the plain backoff.
+                        Some(Err(_)) | None => backoff.next_delay(),
+                    };
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -425,6 +463,18 @@ async fn sleep_until_wall(t: SystemTime) {
         }
         tokio::time::sleep(left.min(CHECK_EVERY)).await;
     }
+}
+
+/// The wait before retrying a failed renewal: the backoff's `delay`, but
+/// at most a quarter of the lifetime `left` on the certificate in use (and
+/// never past its expiry, to withdraw it on time).
+///
+/// The cap matters for short-lived certificates: renewal starts at half
+/// the lifetime, and an outage of the CA (a restart, say) must not push
+/// the backoff past the rest of it; with a quarter, at least a few more
+/// attempts happen before the old certificate runs out.
+pub fn retry_delay(delay: Duration, left: Duration) -> Duration {
+    delay.min((left / 4).max(MIN_RETRY_DELAY)).min(left)
 }
 
 /// How long after `now` to renew a certificate that expires at
@@ -481,6 +531,26 @@ mod tests {
         assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
         assert_eq!(at(4_107_542_400), "2100-03-01T00:00:00Z");
+    }
+
+    #[test]
+    fn retries_stay_within_the_lifetime_left() {
+        let secs = Duration::from_secs;
+        // A day left: the backoff as it is.
+        assert_eq!(retry_delay(secs(30), secs(86_400)), secs(30));
+        // 28 s left on a 60 s certificate: at most 7 s between attempts.
+        assert_eq!(retry_delay(secs(16), secs(28)), secs(7));
+        assert_eq!(retry_delay(secs(2), secs(28)), secs(2));
+        // Near the end: the floor, but never past the expiry.
+        assert_eq!(
+            retry_delay(secs(8), Duration::from_millis(800)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            retry_delay(secs(8), Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(retry_delay(secs(8), Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

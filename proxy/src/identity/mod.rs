@@ -26,7 +26,10 @@ pub mod sign;
 mod spiffe;
 mod verify;
 
-pub use bundle::TrustBundle;
+#[cfg(test)]
+mod rotation_tests;
+
+pub use bundle::{TrustBundle, fingerprint};
 pub use config::{client_config, server_config};
 pub use manager::{IdentityManager, IdentityOptions, WorkloadIdentity};
 pub use sign::IssueError;

@@ -18,6 +18,7 @@ use tonic::transport::Endpoint;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::csr::WorkloadKey;
+use super::verify::chain_root;
 use super::{IdentityError, SpiffeId, SpiffeIdError, SpiffeServerVerifier, TrustBundle};
 
 /// How long to wait for the TCP (and HTTP/2) connection to the CA.
@@ -274,6 +275,8 @@ pub(crate) struct Checked {
     pub(crate) not_after: SystemTime,
     /// The earliest notAfter among the bundle's roots.
     pub(crate) bundle_not_after: SystemTime,
+    /// The fingerprint of the bundle root the chain leads to.
+    pub(crate) root_fingerprint: String,
 }
 
 /// Checks the CA's answer against the key that asked and the identity it
@@ -311,12 +314,23 @@ pub(crate) fn check_response(
         }
         (hex(x509.raw_serial()), not_after_of(&x509))
     };
+    let untrusted = |source| IssueError::Untrusted {
+        id: id.clone(),
+        source: Box::new(source),
+    };
+    let now = UnixTime::now();
     SpiffeServerVerifier::new(Arc::clone(&bundle), id.clone())
-        .verify(leaf, &chain[1..], UnixTime::now())
-        .map_err(|source| IssueError::Untrusted {
-            id: id.clone(),
-            source: Box::new(source),
-        })?;
+        .verify(leaf, &chain[1..], now)
+        .map_err(untrusted)?;
+    let root_fingerprint = chain_root(&bundle, leaf, &chain[1..], now)
+        .and_then(|index| {
+            bundle
+                .fingerprints()
+                .get(index)
+                .cloned()
+                .ok_or(IdentityError::Chain(webpki::Error::UnknownIssuer))
+        })
+        .map_err(untrusted)?;
 
     let mut bundle_not_after = None::<SystemTime>;
     for (index, root) in bundle.roots().iter().enumerate() {
@@ -328,6 +342,7 @@ pub(crate) fn check_response(
         // `TrustBundle::from_pem` refuses an empty bundle.
         bundle_not_after: bundle_not_after.unwrap_or(UNIX_EPOCH),
         bundle,
+        root_fingerprint,
         serial,
         not_after,
     })

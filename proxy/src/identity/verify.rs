@@ -93,6 +93,39 @@ pub(crate) fn verify_svid(
     Ok(id)
 }
 
+/// The position in `bundle` of the root that `end_entity` chains to
+/// through `intermediates`, found by the same path validation as check 1.
+/// During a root rotation the bundle holds two roots; this says which one
+/// a certificate belongs to.
+pub(crate) fn chain_root(
+    bundle: &TrustBundle,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Result<usize, IdentityError> {
+    let leaf = EndEntityCert::try_from(end_entity).map_err(IdentityError::Chain)?;
+    let path = leaf
+        .verify_for_usage(
+            ring_algorithms().all,
+            bundle.anchors(),
+            intermediates,
+            now,
+            KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(IdentityError::Chain)?;
+    let anchor = path.anchor();
+    bundle
+        .anchors()
+        .iter()
+        .position(|root| {
+            root.subject == anchor.subject
+                && root.subject_public_key_info == anchor.subject_public_key_info
+        })
+        .ok_or(IdentityError::Chain(webpki::Error::UnknownIssuer))
+}
+
 /// Check 2: an intermediate must assert keyCertSign.
 fn check_signer(index: usize, der: &[u8]) -> Result<(), IdentityError> {
     let bad = |reason| IdentityError::IntermediateNotSigner { index, reason };
