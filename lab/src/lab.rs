@@ -19,6 +19,9 @@ use crate::process::{self, Managed, Tools};
 
 /// knitd's discovery address inside the lab.
 pub const KNITD_GRPC_ADDR: &str = "198.18.0.1:15010";
+/// knitd's TLS gRPC server (discovery and CA), verified with the mesh root.
+pub const KNITD_GRPC_TLS_ADDR: &str = "198.18.0.1:15012";
+const NODE_IP_TEXT: &str = "198.18.0.1";
 /// knitd's HTTP (health, debug) address inside the lab.
 pub const KNITD_HTTP_ADDR: &str = "198.18.0.1:15014";
 
@@ -453,6 +456,11 @@ impl Lab {
             .args([
                 "--grpc-addr",
                 KNITD_GRPC_ADDR,
+                "--grpc-tls-addr",
+                KNITD_GRPC_TLS_ADDR,
+                // Proxies dial knitd by address in the lab.
+                "--tls-san",
+                NODE_IP_TEXT,
                 "--http-addr",
                 KNITD_HTTP_ADDR,
             ]);

@@ -65,7 +65,9 @@ pub use error::{LabError, Result};
 pub use grpc_client::{GrpcClientSpec, GrpcMode, GrpcReport};
 pub use iptables::NatRule;
 pub use knitd::{CaSigner, KnitdCa, RootCa};
-pub use lab::{KNITD_GRPC_ADDR, KNITD_HTTP_ADDR, Lab, LabBuilder, Pod, ShutdownHandle};
+pub use lab::{
+    KNITD_GRPC_ADDR, KNITD_GRPC_TLS_ADDR, KNITD_HTTP_ADDR, Lab, LabBuilder, Pod, ShutdownHandle,
+};
 pub use netns::{NODE_IP, NODE_IPV6};
 pub use pod::{
     PROXY_ADMIN_PORT, PROXY_METRICS_PORT, PROXY_READY_PORT, PROXY_UID, workload_entry_file,

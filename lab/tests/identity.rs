@@ -139,3 +139,43 @@ fn identity_off_runs_without_a_certificate() {
     let log = std::fs::read_to_string(lab.logs_dir().join("plain.proxy.log")).expect("proxy log");
     assert!(!log.contains("workload certificate installed"), "{log}");
 }
+
+/// A proxy that reaches knitd over TLS (15012), verifying knitd with the
+/// mesh root it was given, gets its certificate and its config there (a
+/// wrong root is refused in `proxy/tests/identity_lifecycle.rs`).
+#[test]
+fn a_proxy_reaches_knitd_over_tls_with_the_mesh_root() {
+    let mut lab = new_lab("cp-tls");
+    lab.start_knitd().or_logs(&lab);
+    // A public certificate, readable by the proxy's uid.
+    let root = lab.dir().join("mesh-root.pem");
+    let state_root = lab.knitd_state_root().or_logs(&lab).cert;
+    std::fs::copy(&state_root, &root).unwrap_or_else(|e| panic!("copy the root: {e}"));
+    lab.add_pod(
+        PodSpec::new("web")
+            .sidecar(true)
+            .proxy_arg(&format!(
+                "--control-plane=https://{}",
+                knit_lab::KNITD_GRPC_TLS_ADDR
+            ))
+            .proxy_arg(&format!("--control-plane-ca={}", root.display())),
+    )
+    .or_logs(&lab);
+    let proxies = lab.knitd_get_json("/debug/proxies").or_logs(&lab);
+    assert!(
+        proxies.as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p["pod_name"] == "web" && p["acked_version"].is_string())),
+        "web's proxy ACKed a config over TLS: {proxies}"
+    );
+    let expiry = gauge(&metrics(&lab, "web"), "knit_identity_cert_expiry_seconds");
+    assert!(
+        expiry.is_some_and(|s| s > 0),
+        "web holds a certificate: {expiry:?}"
+    );
+    let log = std::fs::read_to_string(lab.logs_dir().join("web.proxy.log")).unwrap_or_default();
+    assert!(
+        log.contains("connected to control plane") && log.contains("https://"),
+        "{log}"
+    );
+}

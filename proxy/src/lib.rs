@@ -8,6 +8,7 @@ pub mod admin;
 pub mod authz;
 pub mod config;
 pub mod context;
+pub mod control_plane;
 pub mod detect;
 pub mod dualstack;
 pub mod error;
@@ -53,6 +54,9 @@ pub struct NodeIdentity {
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
     pub control_plane: String,
+    /// For an `https://` control plane: the root that signs knitd's
+    /// certificate.
+    pub control_plane_ca: Option<std::path::PathBuf>,
     pub node: NodeIdentity,
     pub outbound_addr: SocketAddr,
     pub inbound_addr: SocketAddr,
@@ -124,7 +128,15 @@ pub async fn run(opts: ProxyOptions, shutdown: impl Future<Output = ()>) -> Resu
         proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
         ..Default::default()
     };
-    let control_plane = ControlPlaneClient::new(&opts.control_plane, node, ctx.clone())?;
+    let target = control_plane::ControlPlaneTarget::new(
+        &opts.control_plane,
+        opts.control_plane_ca.as_deref(),
+    )
+    .map_err(|e| Error::ControlPlaneAddress(opts.control_plane.clone(), e))?;
+    if !target.is_tls() {
+        info!(control_plane = %target.url(), "control plane over plaintext (development only: tokens and config travel unencrypted)");
+    }
+    let control_plane = ControlPlaneClient::new(target, node, ctx.clone());
 
     // Each part is its own task, so config compilation never stalls an
     // accept loop.

@@ -21,11 +21,18 @@ enum IdentityMode {
 /// The Knit sidecar proxy. Runs as uid 1337 next to the app; knit-init's
 /// iptables rules send the pod's traffic through it.
 #[derive(Debug, Parser)]
-#[command(name = "knit-proxy", version)]
+// The last occurrence of a flag wins, so a wrapper's defaults can be
+// overridden by appending.
+#[command(name = "knit-proxy", version, args_override_self = true)]
 struct Args {
-    /// knitd's discovery address, e.g. http://knitd.knit-system:15010.
+    /// knitd's address: https://knitd.knit-system.svc:15012 (TLS, with
+    /// --control-plane-ca), or http://...:15010 for development.
     #[arg(long, env = "KNIT_CONTROL_PLANE")]
     control_plane: String,
+    /// PEM root that signs knitd's certificate (the mesh root), for
+    /// https:// control-plane and CA URLs; read at every connection.
+    #[arg(long, env = "KNIT_CONTROL_PLANE_CA")]
+    control_plane_ca: Option<PathBuf>,
     #[arg(long, env = "POD_NAME")]
     pod_name: String,
     #[arg(long = "namespace", env = "POD_NAMESPACE")]
@@ -132,11 +139,18 @@ fn identity_options(args: &Args) -> anyhow::Result<Option<IdentityOptions>> {
              proxy without one"
         );
     };
+    let ca_url = args
+        .ca_url
+        .clone()
+        .unwrap_or_else(|| args.control_plane.clone());
+    // The CA is knitd too: over TLS it is verified with the same root.
+    let ca_root_file = args
+        .control_plane_ca
+        .clone()
+        .filter(|_| ca_url.starts_with("https://"));
     Ok(Some(IdentityOptions {
-        ca_url: args
-            .ca_url
-            .clone()
-            .unwrap_or_else(|| args.control_plane.clone()),
+        ca_url,
+        ca_root_file,
         token_file: Some(token_file),
         trust_domain: args.trust_domain.clone(),
         namespace: args.namespace.clone(),
@@ -162,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
     let identity = identity_options(&args)?;
     let opts = ProxyOptions {
         control_plane: args.control_plane,
+        control_plane_ca: args.control_plane_ca,
         node: NodeIdentity {
             pod_name: args.pod_name,
             namespace: args.namespace,

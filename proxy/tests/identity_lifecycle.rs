@@ -6,7 +6,7 @@
 //! deadline; nothing sleeps for a fixed time.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -499,6 +499,7 @@ async fn the_proxy_is_ready_only_once_it_holds_a_certificate() {
     let (readiness, metrics) = (free_port(), free_port());
     let opts = ProxyOptions {
         control_plane: mesh.url(),
+        control_plane_ca: None,
         node: NodeIdentity {
             pod_name: WEB.0.into(),
             namespace: NAMESPACE.into(),
@@ -583,4 +584,71 @@ fn options_that_can_never_work_are_refused_up_front() {
     assert_eq!(err.class(), IssueErrorClass::Config);
     let good = IdentityOptions::new("http://127.0.0.1:1", td(), NAMESPACE, "web");
     assert_eq!(good.validate().ok(), Some(spiffe("web")));
+}
+
+/// Over knitd's TLS port (15012) the proxy verifies knitd against the root
+/// it was given: the mesh root works, another root is refused before any
+/// token is sent.
+#[tokio::test]
+async fn signing_over_tls_verifies_knitd_with_the_given_root() {
+    logs();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).expect("config dir");
+    let (name, sa, token) = WEB;
+    std::fs::write(
+        config.join("we-web.yaml"),
+        workload_entry(name, sa, token, "198.18.0.11"),
+    )
+    .expect("entry");
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let knitd = Knitd::start(KnitdOptions {
+        grpc_addr: loopback,
+        grpc_tls_addr: Some(loopback),
+        tls_sans: vec!["127.0.0.1".to_owned()],
+        http_addr: loopback,
+        ..KnitdOptions::new(&config)
+    })
+    .await
+    .expect("knitd starts");
+    let tls_addr = knitd.grpc_tls_addr().expect("TLS server runs");
+    let root = dir.path().join("root.pem");
+    std::fs::write(&root, knitd.ca().trust_bundle_pem().concat()).expect("root file");
+    let token_file = dir.path().join("web.token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token");
+    let options = |root_file: &Path| IdentityOptions {
+        token_file: Some(token_file.clone()),
+        ca_root_file: Some(root_file.to_path_buf()),
+        ..IdentityOptions::new(format!("https://{tls_addr}"), td(), NAMESPACE, sa)
+    };
+
+    let identity = IdentityManager::new(options(&root))
+        .sign_once()
+        .await
+        .expect("issued over TLS");
+    assert_eq!(identity.id, spiffe("web"));
+
+    // A root that did not sign knitd's certificate.
+    let other = Knitd::start(KnitdOptions {
+        grpc_addr: loopback,
+        grpc_tls_addr: None,
+        http_addr: loopback,
+        ..KnitdOptions::new(&config)
+    })
+    .await
+    .expect("another knitd");
+    let other_root = dir.path().join("other-root.pem");
+    std::fs::write(&other_root, other.ca().trust_bundle_pem().concat()).expect("root file");
+    let err = IdentityManager::new(options(&other_root))
+        .sign_once()
+        .await
+        .expect_err("knitd is not verified by another root");
+    assert_eq!(err.reason(), "ca_unreachable", "{err}");
+
+    // An http:// CA with a root, or https:// without one, cannot work.
+    let mismatched = IdentityOptions {
+        ca_root_file: None,
+        ..options(&root)
+    };
+    assert!(mismatched.validate().is_err());
 }

@@ -9,20 +9,19 @@ use std::time::Duration;
 use knit_proto::v1::{self, discovery_client::DiscoveryClient};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 use super::backoff::Backoff;
 use super::snapshot::Snapshot;
 use crate::context::ProxyContext;
-use crate::error::Error;
+use crate::control_plane::ControlPlaneTarget;
 use crate::stats::inc;
 
 /// How long a stream must last before the reconnect backoff starts over.
 const HEALTHY_STREAM: Duration = Duration::from_secs(5);
 
 pub struct ControlPlaneClient {
-    endpoint: Endpoint,
+    target: ControlPlaneTarget,
     node: v1::Node,
     ctx: Arc<ProxyContext>,
 }
@@ -32,6 +31,8 @@ pub struct ControlPlaneClient {
 enum StreamEnd {
     #[error("connect: {0}")]
     Connect(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Setup(String),
     #[error("stream: {0}")]
     Status(#[from] tonic::Status),
     #[error("the server closed the stream")]
@@ -39,18 +40,8 @@ enum StreamEnd {
 }
 
 impl ControlPlaneClient {
-    pub fn new(url: &str, node: v1::Node, ctx: Arc<ProxyContext>) -> Result<Self, Error> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Error::ControlPlaneAddress(url.to_owned(), e.to_string()))?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(15))
-            .keep_alive_timeout(Duration::from_secs(5));
-        Ok(ControlPlaneClient {
-            endpoint,
-            node,
-            ctx,
-        })
+    pub fn new(target: ControlPlaneTarget, node: v1::Node, ctx: Arc<ProxyContext>) -> Self {
+        ControlPlaneClient { target, node, ctx }
     }
 
     /// Runs forever: reconnects after every failure.
@@ -67,7 +58,7 @@ impl ControlPlaneClient {
                     info!("control plane stream ended; reconnecting")
                 }
                 Err(e) => {
-                    warn!(error = %e, control_plane = %self.endpoint.uri(), "control plane unavailable; serving last good config")
+                    warn!(error = %e, control_plane = %self.target.url(), "control plane unavailable; serving last good config")
                 }
             }
             tokio::time::sleep(backoff.next_delay()).await;
@@ -75,7 +66,16 @@ impl ControlPlaneClient {
     }
 
     async fn stream_once(&self, backoff: &mut Backoff) -> Result<(), StreamEnd> {
-        let channel = self.endpoint.connect().await?;
+        // Built per connection: over TLS it reads knitd's root now.
+        let endpoint = self
+            .target
+            .endpoint()
+            .map_err(StreamEnd::Setup)?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect().await?;
         let mut client = DiscoveryClient::new(channel);
         let (requests, rx) = mpsc::channel(4);
         let hello = v1::DiscoveryRequest {
@@ -87,7 +87,7 @@ impl ControlPlaneClient {
         let _ = requests.send(hello).await;
         let mut responses = client.stream(ReceiverStream::new(rx)).await?.into_inner();
         inc(&self.ctx.stats.control_plane_connects);
-        info!(control_plane = %self.endpoint.uri(), "connected to control plane");
+        info!(control_plane = %self.target.url(), "connected to control plane");
         let connected_at = tokio::time::Instant::now();
         while let Some(resp) = responses.message().await? {
             // A server that answers once and then fails must not make us

@@ -70,6 +70,9 @@ const MAX_CLIENT_CONFIGS: usize = 1024;
 pub struct IdentityOptions {
     /// knitd's URL (`http://host:15010`); the control-plane URL by default.
     pub ca_url: String,
+    /// For an `https://` CA URL: the root that signs knitd's certificate,
+    /// read at every Sign.
+    pub ca_root_file: Option<PathBuf>,
     /// The bearer token for the CA, read on every Sign (so a rotated token
     /// file is picked up). `None`: no `authorization` is sent, for a CA
     /// that authenticates callers some other way.
@@ -91,6 +94,7 @@ impl IdentityOptions {
     ) -> IdentityOptions {
         IdentityOptions {
             ca_url: ca_url.into(),
+            ca_root_file: None,
             token_file: None,
             trust_domain,
             namespace: namespace.into(),
@@ -114,7 +118,7 @@ impl IdentityOptions {
     /// the CA's URL. A proxy refuses to start on these rather than retry
     /// something that can never work.
     pub fn validate(&self) -> Result<SpiffeId, IssueError> {
-        sign::ca_endpoint(&self.ca_url)?;
+        sign::ca_endpoint(&self.ca_url, self.ca_root_file.as_deref())?;
         self.spiffe_id()
     }
 }
@@ -300,6 +304,7 @@ impl IdentityManager {
         let key = WorkloadKey::generate(&id).map_err(IssueError::Csr)?;
         let response = sign::request(
             &self.opts.ca_url,
+            self.opts.ca_root_file.as_deref(),
             &key.csr_pem,
             self.opts.requested_ttl,
             bearer,

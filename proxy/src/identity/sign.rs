@@ -20,6 +20,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use super::csr::WorkloadKey;
 use super::verify::chain_root;
 use super::{IdentityError, SpiffeId, SpiffeIdError, SpiffeServerVerifier, TrustBundle};
+use crate::control_plane::ControlPlaneTarget;
 
 /// How long to wait for the TCP (and HTTP/2) connection to the CA.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -173,23 +174,17 @@ impl IssueError {
 
 /// A checked endpoint for the CA; fails on a URL tonic cannot dial.
 ///
-/// Only `http://` (knitd's plaintext port, 15010) for now: over TLS
-/// (15012) the proxy would need knitd's root before its first `Sign`,
-/// which is where it gets the bundle; that bootstrap root is not
-/// provisioned yet.
-pub(crate) fn ca_endpoint(url: &str) -> Result<Endpoint, IssueError> {
+/// `https://` (knitd's TLS port, 15012) verifies knitd against `ca_root`,
+/// the bootstrap root the pod is given; `http://` (15010) is for
+/// development and the lab.
+pub(crate) fn ca_endpoint(url: &str, ca_root: Option<&Path>) -> Result<Endpoint, IssueError> {
     let bad = |reason: String| IssueError::CaAddress {
         url: url.to_owned(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| bad(e.to_string()))?;
-    if endpoint.uri().scheme_str() != Some("http") {
-        return Err(bad(
-            "only http:// (knitd's plaintext port) is supported; TLS to the CA needs a \
-             bootstrap root the proxy does not have yet"
-                .into(),
-        ));
-    }
+    let endpoint = ControlPlaneTarget::new(url, ca_root)
+        .and_then(|target| target.endpoint())
+        .map_err(bad)?;
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
@@ -244,11 +239,12 @@ pub(crate) async fn read_token(path: &Path) -> Result<Bearer, IssueError> {
 /// knitd running now.
 pub(crate) async fn request(
     url: &str,
+    ca_root: Option<&Path>,
     csr_pem: &str,
     ttl: Duration,
     bearer: Option<Bearer>,
 ) -> Result<SignResponse, IssueError> {
-    let endpoint = ca_endpoint(url)?;
+    let endpoint = ca_endpoint(url, ca_root)?;
     let channel = endpoint.connect().await.map_err(|e| IssueError::Connect {
         url: url.to_owned(),
         detail: error_chain(&e),
@@ -469,10 +465,10 @@ mod tests {
     #[test]
     fn bad_ca_urls_are_config_errors() {
         for bad in ["not a url", "https://knitd:15012", "knitd:15010"] {
-            let err = ca_endpoint(bad).unwrap_err();
+            let err = ca_endpoint(bad, None).unwrap_err();
             assert_eq!(err.reason(), "ca_address_invalid", "{bad}");
             assert_eq!(err.class(), IssueErrorClass::Config);
         }
-        ca_endpoint("http://127.0.0.1:15010").expect("a plain URL works");
+        ca_endpoint("http://127.0.0.1:15010", None).expect("a plain URL works");
     }
 }
