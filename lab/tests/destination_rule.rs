@@ -363,4 +363,33 @@ fn simple_and_mutual_originate_tls_to_a_server_outside_the_mesh() {
         "{}",
         lab.logs_tail(20)
     );
+
+    // A CA file this proxy cannot read: the config is still accepted (no
+    // NACK: the file is local to each proxy), and this port fails closed.
+    let missing = lab.dir().join("no-such-ca.pem");
+    lab.write_config(
+        "dr-tls-echo.yaml",
+        &destination_rule(
+            "tls-echo",
+            "tls-echo",
+            &format!(
+                "{{mode: SIMPLE, caCertificates: \"{}\"}}",
+                missing.display()
+            ),
+        ),
+    )
+    .or_logs(&lab);
+    wait_for_client_tls(&lab, "frontend", "tls-echo", "unusable");
+    let proxies = lab.knitd_get_json("/debug/proxies").or_logs(&lab);
+    let frontend = proxies
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["pod_name"] == "frontend").cloned())
+        .unwrap_or_default();
+    assert_eq!(
+        frontend["acked_version"], frontend["sent_version"],
+        "the config was ACKed: {frontend}"
+    );
+    let r = greet();
+    assert!(!r.ok && r.greeting.is_empty(), "never plaintext: {r:?}");
+    assert!(stat(&lab, "frontend", "outbound.errors.upstream_tls_unusable") >= 1);
 }

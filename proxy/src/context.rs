@@ -279,6 +279,11 @@ impl ProxyContext {
                 addr: ep.addr,
                 tls: Arc::clone(tls),
             }),
+            ClientTlsPolicy::Unusable { reason, .. } => {
+                Err(crate::error::Error::UpstreamTlsUnusable {
+                    reason: reason.clone(),
+                })
+            }
         }
     }
 

@@ -108,6 +108,11 @@ pub enum Error {
     #[error("endpoint {workload} has no valid SPIFFE identity: {detail}")]
     EndpointIdentity { workload: String, detail: String },
 
+    /// The port's DestinationRule names TLS files this proxy cannot use;
+    /// the port fails closed (never plaintext) until they are fixed.
+    #[error("client TLS of this port cannot be used: {reason}")]
+    UpstreamTlsUnusable { reason: String },
+
     #[error("connection to {addr} idle for {idle_secs} s; closed")]
     IdleTimeout { addr: SocketAddr, idle_secs: u64 },
 
@@ -173,6 +178,7 @@ impl Error {
                 "upstream_tls_failed"
             }
             Error::MeshTlsUnavailable { .. } => "mesh_tls_unavailable",
+            Error::UpstreamTlsUnusable { .. } => "upstream_tls_unusable",
             Error::MtlsRequired { .. } => "mtls_required",
             Error::RbacDenied { .. } => "rbac_denied",
             Error::NoIdentity => "identity_unavailable",
@@ -193,7 +199,8 @@ impl Error {
             Error::NoEndpoints { .. }
             | Error::MtlsRequired { .. }
             | Error::RbacDenied { .. }
-            | Error::MeshTlsUnavailable { .. } => ErrorOrigin::Policy,
+            | Error::MeshTlsUnavailable { .. }
+            | Error::UpstreamTlsUnusable { .. } => ErrorOrigin::Policy,
             Error::UpstreamConnect { .. }
             | Error::UpstreamConnectTimeout { .. }
             | Error::UpstreamHandshake { .. }
@@ -332,6 +339,15 @@ mod tests {
                     detail: "endpoint backend-1 has no Knit proxy".into(),
                 },
                 "mesh_tls_unavailable",
+                ErrorOrigin::Policy,
+                false,
+                503,
+            ),
+            (
+                Error::UpstreamTlsUnusable {
+                    reason: "caCertificates /etc/ca.pem: cannot read".into(),
+                },
+                "upstream_tls_unusable",
                 ErrorOrigin::Policy,
                 false,
                 503,

@@ -29,7 +29,7 @@ pub struct ErrorCounters {
     counts: [AtomicU64; ERROR_REASONS.len()],
 }
 
-pub const ERROR_REASONS: [&str; 19] = [
+pub const ERROR_REASONS: [&str; 20] = [
     "no_endpoints",
     "upstream_connect_failed",
     "upstream_connect_timeout",
@@ -41,6 +41,7 @@ pub const ERROR_REASONS: [&str; 19] = [
     "mesh_tls_failed",
     "upstream_tls_failed",
     "mesh_tls_unavailable",
+    "upstream_tls_unusable",
     "mtls_required",
     "rbac_denied",
     "identity_unavailable",

@@ -1,6 +1,9 @@
 //! A port's client TLS settings from the wire into a [`ClientTlsPolicy`]:
 //! checked, files read and parsed, rustls configs built. Runs when a config
-//! arrives, off the data path; any problem rejects the whole config.
+//! arrives, off the data path. Settings that are wrong on the wire reject
+//! the whole config; files this proxy cannot use make only that port
+//! [`ClientTlsPolicy::Unusable`] (it fails closed), since they are local to
+//! each proxy.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -51,23 +54,35 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Where a problem is: the service port and the rule, for the NACK message.
+/// Where a problem is: the service port and the rule, for the message.
 struct Place<'a> {
     service: &'a str,
     port: u16,
     destination_rule: &'a str,
 }
 
+/// Why settings cannot be used.
+enum Problem {
+    /// Wrong as sent: the whole config is rejected (NACK).
+    Wire(Error),
+    /// A file this proxy cannot use: the port fails closed.
+    File(String),
+}
+
 impl Place<'_> {
-    fn error(&self, what: impl std::fmt::Display) -> Error {
-        Error::InvalidConfig(format!(
+    fn describe(&self, what: impl std::fmt::Display) -> String {
+        format!(
             "service {} port {}: DestinationRule {}: {what}",
             self.service, self.port, self.destination_rule
-        ))
+        )
     }
 
-    fn file_error(&self, field: &str, path: &Path, reason: impl std::fmt::Display) -> Error {
-        self.error(format_args!("{field} {}: {reason}", path.display()))
+    fn error(&self, what: impl std::fmt::Display) -> Problem {
+        Problem::Wire(Error::InvalidConfig(self.describe(what)))
+    }
+
+    fn file_error(&self, field: &str, path: &Path, reason: impl std::fmt::Display) -> Problem {
+        Problem::File(self.describe(format_args!("{field} {}: {reason}", path.display())))
     }
 }
 
@@ -88,8 +103,13 @@ pub fn compile_client_tls(
         port,
         destination_rule: &wire.destination_rule,
     };
-    let mode = v1::ClientTlsMode::try_from(wire.mode)
-        .map_err(|_| place.error(format_args!("unknown client TLS mode {}", wire.mode)))?;
+    let wire_error = |problem: Problem| match problem {
+        Problem::Wire(e) => e,
+        Problem::File(reason) => Error::InvalidConfig(reason),
+    };
+    let mode = v1::ClientTlsMode::try_from(wire.mode).map_err(|_| {
+        wire_error(place.error(format_args!("unknown client TLS mode {}", wire.mode)))
+    })?;
     let destination_rule = wire.destination_rule.clone();
     let originates = matches!(mode, v1::ClientTlsMode::Simple | v1::ClientTlsMode::Mutual);
     if !originates {
@@ -101,19 +121,33 @@ pub fn compile_client_tls(
             ("subject_alt_names", !wire.subject_alt_names.is_empty()),
         ];
         if let Some((field, _)) = stray.iter().find(|(_, set)| *set) {
-            return Err(place.error(format_args!("{field} is only used with SIMPLE or MUTUAL")));
+            return Err(wire_error(
+                place.error(format_args!("{field} is only used with SIMPLE or MUTUAL")),
+            ));
         }
     }
-    match mode {
-        v1::ClientTlsMode::Unspecified => Err(place.error("client TLS mode is not set")),
-        v1::ClientTlsMode::Disable => Ok(ClientTlsPolicy::Disable { destination_rule }),
-        v1::ClientTlsMode::IstioMutual => Ok(ClientTlsPolicy::IstioMutual { destination_rule }),
-        v1::ClientTlsMode::Simple => Ok(ClientTlsPolicy::Simple(Arc::new(origination(
-            &place, hostname, wire, false, files,
-        )?))),
-        v1::ClientTlsMode::Mutual => Ok(ClientTlsPolicy::Mutual(Arc::new(origination(
-            &place, hostname, wire, true, files,
-        )?))),
+    let mutual = match mode {
+        v1::ClientTlsMode::Unspecified => {
+            return Err(wire_error(place.error("client TLS mode is not set")));
+        }
+        v1::ClientTlsMode::Disable => return Ok(ClientTlsPolicy::Disable { destination_rule }),
+        v1::ClientTlsMode::IstioMutual => {
+            return Ok(ClientTlsPolicy::IstioMutual { destination_rule });
+        }
+        v1::ClientTlsMode::Simple => false,
+        v1::ClientTlsMode::Mutual => true,
+    };
+    match origination(&place, hostname, wire, mutual, files) {
+        Ok(tls) if mutual => Ok(ClientTlsPolicy::Mutual(Arc::new(tls))),
+        Ok(tls) => Ok(ClientTlsPolicy::Simple(Arc::new(tls))),
+        Err(Problem::Wire(e)) => Err(e),
+        Err(Problem::File(reason)) => {
+            tracing::warn!(%reason, "client TLS files unusable; this port fails closed until they are fixed");
+            Ok(ClientTlsPolicy::Unusable {
+                destination_rule,
+                reason,
+            })
+        }
     }
 }
 
@@ -123,7 +157,7 @@ fn origination(
     wire: &v1::ClientTls,
     mutual: bool,
     files: &mut FileCache,
-) -> Result<TlsOrigination, Error> {
+) -> Result<TlsOrigination, Problem> {
     let sni = if wire.sni.is_empty() {
         hostname.to_owned()
     } else {
@@ -227,7 +261,7 @@ fn origination(
     })
 }
 
-fn required_path(place: &Place<'_>, field: &str, value: &str) -> Result<PathBuf, Error> {
+fn required_path(place: &Place<'_>, field: &str, value: &str) -> Result<PathBuf, Problem> {
     if value.is_empty() {
         return Err(place.error(format_args!("{field} must be set with MUTUAL")));
     }

@@ -57,6 +57,14 @@ pub enum ClientTlsPolicy {
     },
     Simple(Arc<TlsOrigination>),
     Mutual(Arc<TlsOrigination>),
+    /// SIMPLE or MUTUAL whose files this proxy cannot use (unreadable, not
+    /// PEM, key and certificate that do not match): this port fails closed
+    /// and the rest of the config applies. The files are local to each
+    /// proxy, so one bad path must not freeze every proxy's config.
+    Unusable {
+        destination_rule: String,
+        reason: String,
+    },
 }
 
 impl ClientTlsPolicy {

@@ -215,8 +215,12 @@ fn each_mode_picks_its_upstream_per_endpoint() {
     }
 }
 
+/// Settings wrong on the wire reject the whole config, naming service,
+/// port and rule. Files this proxy cannot use are local to it: that port
+/// alone fails closed (503 `upstream_tls_unusable`, never plaintext) and
+/// the rest of the config applies.
 #[test]
-fn unusable_tls_files_reject_the_config_naming_service_port_and_file() {
+fn tls_settings_errors_reject_the_config_and_bad_files_fail_the_port_closed() {
     let files = Files::new();
     let ca = new_ca("CA");
     let other = new_ca("Other CA");
@@ -237,27 +241,16 @@ fn unusable_tls_files_reject_the_config_naming_service_port_and_file() {
         ca_certificates: ca.to_owned(),
         ..client_tls(v1::ClientTlsMode::Simple)
     };
-    let at = "invalid config: service default/simple port 80: DestinationRule default/api";
-    let table: Vec<(v1::ClientTls, String)> = vec![
-        (
-            simple(&missing),
-            format!("{at}: caCertificates {missing}: cannot read: No such file or directory"),
-        ),
-        (
-            simple(&garbage),
-            format!("{at}: caCertificates {garbage}: holds no PEM certificate"),
-        ),
+    let at = "service default/simple port 80: DestinationRule default/api";
+    let response = |tls: &v1::ClientTls| v1::DiscoveryResponse {
+        version_info: "v".into(),
+        services: vec![service("simple", "198.19.0.4", Some(tls.clone()))],
+        endpoints: vec![endpoints("simple")],
+        ..Default::default()
+    };
+
+    let wire_errors: Vec<(v1::ClientTls, String)> = vec![
         (simple(""), format!("{at}: ca_certificates is not set")),
-        (
-            mutual(&wrong_key),
-            format!(
-                "{at}: clientCertificate {cert_file}: cannot be used with privateKey {wrong_key}"
-            ),
-        ),
-        (
-            mutual(&garbage),
-            format!("{at}: privateKey {garbage}: no usable PEM private key"),
-        ),
         (
             v1::ClientTls {
                 sni: "10.0.0.1".into(),
@@ -280,18 +273,60 @@ fn unusable_tls_files_reject_the_config_naming_service_port_and_file() {
             format!("{at}: unknown client TLS mode 42"),
         ),
     ];
-    for (tls, expected) in table {
-        let resp = v1::DiscoveryResponse {
-            version_info: "v".into(),
-            services: vec![service("simple", "198.19.0.4", Some(tls.clone()))],
-            ..Default::default()
-        };
-        match Snapshot::from_proto(&resp) {
+    for (tls, expected) in wire_errors {
+        let expected = format!("invalid config: {expected}");
+        match Snapshot::from_proto(&response(&tls)) {
             Ok(_) => panic!("accepted {tls:?}"),
             Err(e) => assert!(
                 e.to_string().starts_with(&expected),
                 "\n got: {e}\nwant: {expected}"
             ),
+        }
+    }
+
+    let file_errors: Vec<(v1::ClientTls, String)> = vec![
+        (
+            simple(&missing),
+            format!("{at}: caCertificates {missing}: cannot read: No such file or directory"),
+        ),
+        (
+            simple(&garbage),
+            format!("{at}: caCertificates {garbage}: holds no PEM certificate"),
+        ),
+        (
+            mutual(&wrong_key),
+            format!(
+                "{at}: clientCertificate {cert_file}: cannot be used with privateKey {wrong_key}"
+            ),
+        ),
+        (
+            mutual(&garbage),
+            format!("{at}: privateKey {garbage}: no usable PEM private key"),
+        ),
+    ];
+    let ctx = context(true);
+    for (tls, expected) in file_errors {
+        let snapshot = Snapshot::from_proto(&response(&tls))
+            .unwrap_or_else(|e| panic!("a bad file must not reject the config: {e}"));
+        let dump = serde_json::to_value(&snapshot).expect("json");
+        let shown = &dump["services"]["default/simple"][0]["client_tls"];
+        assert_eq!(shown["mode"], "unusable", "{shown}");
+        let reason = shown["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with(&expected),
+            "\n got: {reason}\nwant: {expected}"
+        );
+        let target = snapshot
+            .lookup("198.19.0.4:80".parse().expect("addr"))
+            .expect("the service is there");
+        // Every endpoint, meshed or not: never plaintext, never mesh.
+        for ep in &target.endpoints {
+            let choice = describe(ctx.upstream_for(target, ep));
+            assert!(
+                choice.starts_with("error upstream_tls_unusable: "),
+                "{}: fails closed: {choice}",
+                ep.workload
+            );
         }
     }
     // The same settings with good files are accepted, and shown without
