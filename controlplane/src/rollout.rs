@@ -182,6 +182,39 @@ fn row(slots: &BTreeMap<Option<u16>, MtlsMode>, listed: Option<&WorkloadMtls>) -
     WorkloadMtls { default, ports }
 }
 
+/// The mode to publish for one side of one slot: `want`, unless it is the
+/// `risky` mode and `waiting` (computed only then) names proxies that may
+/// still contradict it; then PERMISSIVE, unless the hold was released. A
+/// hold is recorded either way.
+fn hold_if_waiting(
+    want: MtlsMode,
+    risky: MtlsMode,
+    waiting: impl FnOnce() -> BTreeSet<String>,
+    key: HoldKey,
+    released: &BTreeSet<HoldKey>,
+    holds: &mut Vec<Hold>,
+) -> MtlsMode {
+    if want != risky {
+        return want;
+    }
+    let waiting = waiting();
+    if waiting.is_empty() {
+        return want;
+    }
+    let published = if released.contains(&key) {
+        want
+    } else {
+        MtlsMode::Permissive
+    };
+    holds.push(Hold {
+        key,
+        desired: want,
+        published,
+        waiting_for: waiting.into_iter().collect(),
+    });
+    published
+}
+
 /// The safe table to publish given what proxies may be using. Holds in
 /// `released` are reported but not applied.
 pub fn plan(desired: &MtlsTable, in_use: &[InUse<'_>], released: &BTreeSet<HoldKey>) -> Plan {
@@ -201,62 +234,48 @@ pub fn plan(desired: &MtlsTable, in_use: &[InUse<'_>], released: &BTreeSet<HoldK
                 side,
             };
             // Server: STRICT waits until no client may send plaintext.
-            let want = mode_at(server_desired, slot);
-            let mut published = want;
-            if want == MtlsMode::Strict {
-                let waiting: BTreeSet<String> = in_use
-                    .iter()
-                    .filter(|u| {
-                        u.table
-                            .client
-                            .get(key)
-                            .is_some_and(|m| mode_at(m, slot) == MtlsMode::Disable)
-                    })
-                    .map(|u| name(u.node))
-                    .collect();
-                if !waiting.is_empty() {
-                    let k = hold_key(Side::Server);
-                    if !released.contains(&k) {
-                        published = MtlsMode::Permissive;
-                    }
-                    holds.push(Hold {
-                        key: k,
-                        desired: want,
-                        published,
-                        waiting_for: waiting.into_iter().collect(),
-                    });
-                }
-            }
+            let published = hold_if_waiting(
+                mode_at(server_desired, slot),
+                MtlsMode::Strict,
+                || {
+                    in_use
+                        .iter()
+                        .filter(|u| {
+                            u.table
+                                .client
+                                .get(key)
+                                .is_some_and(|m| mode_at(m, slot) == MtlsMode::Disable)
+                        })
+                        .map(|u| name(u.node))
+                        .collect()
+                },
+                hold_key(Side::Server),
+                released,
+                &mut holds,
+            );
             server_row.insert(slot, published);
 
             // Clients: DISABLE waits until the server may no longer be STRICT.
-            let want = mode_at(client_desired, slot);
-            let mut published = want;
-            if want == MtlsMode::Disable {
-                let waiting: BTreeSet<String> = in_use
-                    .iter()
-                    .filter(|u| u.node == key)
-                    .filter(|u| {
-                        u.table
-                            .server
-                            .get(key)
-                            .is_some_and(|m| mode_at(m, slot) == MtlsMode::Strict)
-                    })
-                    .map(|u| name(u.node))
-                    .collect();
-                if !waiting.is_empty() {
-                    let k = hold_key(Side::Client);
-                    if !released.contains(&k) {
-                        published = MtlsMode::Permissive;
-                    }
-                    holds.push(Hold {
-                        key: k,
-                        desired: want,
-                        published,
-                        waiting_for: waiting.into_iter().collect(),
-                    });
-                }
-            }
+            let published = hold_if_waiting(
+                mode_at(client_desired, slot),
+                MtlsMode::Disable,
+                || {
+                    in_use
+                        .iter()
+                        .filter(|u| u.node == key)
+                        .filter(|u| {
+                            u.table
+                                .server
+                                .get(key)
+                                .is_some_and(|m| mode_at(m, slot) == MtlsMode::Strict)
+                        })
+                        .map(|u| name(u.node))
+                        .collect()
+                },
+                hold_key(Side::Client),
+                released,
+                &mut holds,
+            );
             client_row.insert(slot, published);
         }
         table

@@ -8,7 +8,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::{OrLogs, new_lab};
+use common::{OrLogs, new_lab, stat};
 use knit_lab::{ClientReport, ClientSpec, Lab, PodSpec, ServiceSpec, wait_until};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -109,14 +109,6 @@ fn denied() -> (u16, Option<String>) {
 
 fn allowed() -> (u16, Option<String>) {
     (200, None)
-}
-
-fn stat(lab: &Lab, pod: &str, name: &str) -> u64 {
-    lab.proxy_stats(pod)
-        .or_logs(lab)
-        .get(name)
-        .copied()
-        .unwrap_or(0)
 }
 
 /// ALLOW by principal: the named caller gets through, a caller with

@@ -7,7 +7,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::{OrLogs, new_lab};
+use common::{OrLogs, new_lab, requests_with, stat};
 use knit_lab::{
     AppSpec, BannerClientSpec, ClientSpec, Lab, PodSpec, ServiceSpec, TLS_PORT, wait_until,
 };
@@ -67,28 +67,6 @@ fn wait_for_client_tls(lab: &Lab, pod: &str, service: &str, mode: &str) {
         },
     )
     .or_logs(lab);
-}
-
-fn stat(lab: &Lab, pod: &str, name: &str) -> u64 {
-    lab.proxy_stats(pod)
-        .or_logs(lab)
-        .get(name)
-        .copied()
-        .unwrap_or(0)
-}
-
-/// Sum of `knit_requests_total` samples whose labels include every pair.
-fn requests_with(metrics: &str, labels: &[(&str, &str)]) -> u64 {
-    metrics
-        .lines()
-        .filter(|line| line.starts_with("knit_requests_total{"))
-        .filter(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 fn metrics(lab: &Lab, ip: Ipv4Addr) -> String {

@@ -6,7 +6,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::{OrLogs, new_lab};
+use common::{OrLogs, new_lab, requests_with, stat};
 use knit_lab::{
     AppSpec, ClientSpec, Lab, PodSpec, ServiceSpec, TCP_ECHO_PORT, TcpClientSpec, wait_until,
 };
@@ -67,14 +67,6 @@ fn wait_for_mode(lab: &Lab, port: u16, mode: &str) {
         },
     )
     .or_logs(lab);
-}
-
-fn stat(lab: &Lab, pod: &str, name: &str) -> u64 {
-    lab.proxy_stats(pod)
-        .or_logs(lab)
-        .get(name)
-        .copied()
-        .unwrap_or(0)
 }
 
 /// PERMISSIVE (the default) lets an unmeshed pod in; STRICT on the
@@ -172,20 +164,6 @@ fn client_view(lab: &Lab, pod: &str) -> knit_lab::Result<String> {
     let mtls = &dump["services"]["default/backend"][0]["endpoints"][0]["mtls"];
     let mode = mtls["ports"].get("8080").unwrap_or(&mtls["default"]);
     Ok(mode.as_str().unwrap_or("").to_owned())
-}
-
-/// Sum of `knit_requests_total` samples whose labels include every pair.
-fn requests_with(metrics: &str, labels: &[(&str, &str)]) -> u64 {
-    metrics
-        .lines()
-        .filter(|line| line.starts_with("knit_requests_total{"))
-        .filter(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 fn write_mode(lab: &Lab, mode: &str) {

@@ -46,3 +46,26 @@ pub fn host_ip(args: &[&str]) -> String {
         .expect("running ip");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A proxy counter from `/stats`; 0 when it was never counted.
+pub fn stat(lab: &Lab, pod: &str, name: &str) -> u64 {
+    lab.proxy_stats(pod)
+        .or_logs(lab)
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Sum of `knit_requests_total` samples whose labels include every pair.
+pub fn requests_with(metrics: &str, labels: &[(&str, &str)]) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("knit_requests_total{"))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
