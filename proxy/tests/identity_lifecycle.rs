@@ -468,11 +468,108 @@ async fn client_configs_from_two_identities_of_one_ca_handshake_only_with_the_ex
     mesh.knitd.shutdown().await.expect("knitd stops");
 }
 
+/// A port nothing in this process has been handed before. The kernel may
+/// hand a just-closed port out again, so each one is remembered; another
+/// socket can still take it before the proxy binds it, which
+/// [`start_proxy`] retries.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().expect("not poisoned");
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
+}
+
+type ProxyTask = tokio::task::JoinHandle<Result<(), knit_proxy::Error>>;
+
+/// Runs the whole proxy for `WEB` against `mesh` on fresh loopback ports:
+/// (readiness port, metrics port, stop, task). A port taken between
+/// picking and binding is retried with new ones.
+async fn start_proxy(
+    mesh: &Mesh,
+    identity: IdentityOptions,
+) -> (u16, u16, tokio::sync::oneshot::Sender<()>, ProxyTask) {
+    let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..5 {
+        let (readiness, metrics) = (free_port(), free_port());
+        let opts = ProxyOptions {
+            control_plane: mesh.url(),
+            control_plane_ca: None,
+            node: NodeIdentity {
+                pod_name: WEB.0.into(),
+                namespace: NAMESPACE.into(),
+                pod_ips: vec!["198.18.0.11".into()],
+                service_account: WEB.1.into(),
+            },
+            outbound_addr: addr(free_port()),
+            inbound_addr: addr(free_port()),
+            mesh_addr: addr(free_port()),
+            ipv6: false,
+            admin_addr: addr(free_port()),
+            readiness_addr: addr(readiness),
+            metrics_addr: addr(metrics),
+            settings: DataPathSettings::default(),
+            identity: Some(identity.clone()),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut proxy = tokio::spawn(knit_proxy::run(opts, async move {
+            let _ = stopped.await;
+        }));
+        // Binding comes first in `run`: once readiness answers, all six
+        // listeners are bound.
+        let started = tokio::time::timeout(DEADLINE, async {
+            loop {
+                if proxy.is_finished() {
+                    return false;
+                }
+                if get(readiness, "/healthz/ready").await.is_some() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the proxy binds its listeners");
+        if started {
+            return (readiness, metrics, stop, proxy);
+        }
+        match (&mut proxy).await.expect("joined") {
+            Err(err) if err.reason() == "bind_failed" => {
+                eprintln!("retrying on new ports: {err}");
+            }
+            other => panic!("the proxy stopped while starting: {other:?}"),
+        }
+    }
+    panic!("no free set of ports after 5 tries");
+}
+
+/// Polls readiness until its body contains `want`: (status, body). Fails
+/// at once, with the proxy's own error, if the proxy stops.
+async fn poll_readiness(readiness: u16, proxy: &mut ProxyTask, want: &str) -> (u16, String) {
+    let mut last = None;
+    let found = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if proxy.is_finished() {
+                panic!("the proxy stopped: {:?}", proxy.await);
+            }
+            if let Some((status, body)) = get(readiness, "/healthz/ready").await {
+                if body.contains(want) {
+                    return (status, body);
+                }
+                last = Some(body);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("readiness never said {want:?}; last answer: {last:?}"))
 }
 
 /// `GET path` on 127.0.0.1:port: (status, body), or `None` if nothing
@@ -495,48 +592,9 @@ async fn the_proxy_is_ready_only_once_it_holds_a_certificate() {
     let identity = mesh.options(WEB);
     let token_file = identity.token_file.clone().expect("set");
     std::fs::write(&token_file, "wrong\n").expect("write");
-    let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let (readiness, metrics) = (free_port(), free_port());
-    let opts = ProxyOptions {
-        control_plane: mesh.url(),
-        control_plane_ca: None,
-        node: NodeIdentity {
-            pod_name: WEB.0.into(),
-            namespace: NAMESPACE.into(),
-            pod_ips: vec!["198.18.0.11".into()],
-            service_account: WEB.1.into(),
-        },
-        outbound_addr: addr(free_port()),
-        inbound_addr: addr(free_port()),
-        mesh_addr: addr(free_port()),
-        ipv6: false,
-        admin_addr: addr(free_port()),
-        readiness_addr: addr(readiness),
-        metrics_addr: addr(metrics),
-        settings: DataPathSettings::default(),
-        identity: Some(identity),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let proxy = tokio::spawn(knit_proxy::run(opts, async move {
-        let _ = stopped.await;
-    }));
-
+    let (readiness, metrics, stop, mut proxy) = start_proxy(&mesh, identity).await;
     // Config arrives, but with a refused token there is no certificate.
-    let poll = |want: &'static str| async move {
-        tokio::time::timeout(DEADLINE, async {
-            loop {
-                if let Some((status, body)) = get(readiness, "/healthz/ready").await
-                    && body.contains(want)
-                {
-                    return (status, body);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("readiness never said {want:?}"))
-    };
-    let (status, body) = poll("ca_unauthenticated").await;
+    let (status, body) = poll_readiness(readiness, &mut proxy, "ca_unauthenticated").await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body.starts_with("not ready: waiting for a workload certificate from the CA"),
@@ -549,7 +607,7 @@ async fn the_proxy_is_ready_only_once_it_holds_a_certificate() {
     );
 
     std::fs::write(&token_file, WEB.2).expect("write");
-    let (status, _) = poll("ready\n").await;
+    let (status, _) = poll_readiness(readiness, &mut proxy, "ready\n").await;
     assert_eq!(status, 200);
     let (_, text) = get(metrics, "/metrics").await.expect("metrics answer");
     let gauge = |name: &str| -> i64 {
