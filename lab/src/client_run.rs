@@ -1,10 +1,11 @@
-//! How `knit-lab client` sends: workers sharing a request counter, each on
-//! its own kept-alive connection (HTTP/1.1 or h2c), every request bounded by
-//! the per-request timeout and the run by its duration cap. Without a rate
-//! each worker sends its next request when the last one is done (closed
-//! loop); with one, the counter hands out slots of a fixed schedule and a
-//! worker waits for its slot's time (open loop, as far as `concurrency`
-//! connections allow).
+//! How `knit-lab client` sends: workers each on its own kept-alive
+//! connection (HTTP/1.1 or h2c), every request bounded by the per-request
+//! timeout and the run by its duration cap. Without a rate the workers
+//! share a request counter and each sends its next request when the last
+//! one is done (closed loop). With one, a scheduler thread hands out the
+//! slots of a fixed schedule as their time comes and the first free worker
+//! takes each (open loop, as far as `concurrency` connections allow); a
+//! request's latency counts from its slot.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::Mutex;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::Instant;
 
 use crate::body::LabBody;
@@ -24,6 +27,17 @@ use crate::client::{ClientSpec, MAX_BODY, Prepared, Target, Transfer};
 use crate::error::Result;
 use crate::pattern::{PatternCheck, pattern_sha256};
 use crate::report::{ClientReport, TransferCheck, pod_of};
+
+/// A slot of the schedule: its number and when it is due.
+type Slot = (u64, Instant);
+
+/// Where a worker's next request comes from.
+enum Source {
+    /// Closed loop: the next number of a shared counter.
+    Counter(Arc<AtomicU64>),
+    /// Open loop: the slots the scheduler thread releases.
+    Schedule(Arc<Mutex<UnboundedReceiver<Slot>>>),
+}
 
 /// Runs the load described by `spec` and returns the report. Errors only
 /// when the spec itself is unusable; failed requests are in the report.
@@ -41,27 +55,41 @@ pub async fn run(spec: &ClientSpec) -> Result<ClientReport> {
     let shared = Arc::new((prepared, expected));
     let start = Instant::now();
     let deadline = start + spec.duration;
-    let next = Arc::new(AtomicU64::new(0));
     let workers = spec.concurrency.min(spec.count);
     let keep_last = spec.count == 1;
+    let (source, scheduler) = match spec.rate {
+        Some(rate) => {
+            let (tx, rx) = unbounded_channel();
+            let (count, start_std, deadline_std) =
+                (spec.count, start.into_std(), deadline.into_std());
+            let thread = std::thread::Builder::new()
+                .name("schedule".to_string())
+                .spawn(move || schedule(&tx, count, rate, start_std, deadline_std))
+                .map_err(|e| crate::error::LabError::io("starting the scheduler thread", e))?;
+            (Source::Schedule(Arc::new(Mutex::new(rx))), Some(thread))
+        }
+        None => (Source::Counter(Arc::new(AtomicU64::new(0))), None),
+    };
     let mut tasks = Vec::new();
     for _ in 0..workers {
         let shared = shared.clone();
-        let next = next.clone();
+        let source = match &source {
+            Source::Counter(c) => Source::Counter(c.clone()),
+            Source::Schedule(r) => Source::Schedule(r.clone()),
+        };
         let limits = Limits {
             count: spec.count,
             timeout: spec.timeout,
             interval: spec.interval,
-            rate: spec.rate,
-            start,
             deadline,
             keep_last,
             verbose: spec.verbose,
         };
         tasks.push(tokio::spawn(async move {
-            worker(&shared.0, shared.1.as_deref(), &next, limits).await
+            worker(&shared.0, shared.1.as_deref(), &source, limits).await
         }));
     }
+    drop(source);
     let mut report = ClientReport::default();
     for t in tasks {
         match t.await {
@@ -69,8 +97,40 @@ pub async fn run(spec: &ClientSpec) -> Result<ClientReport> {
             Err(e) => report.record_error(format!("client worker stopped: {e}")),
         }
     }
+    if let Some(thread) = scheduler {
+        // Every worker is done, so the channel is closed and the thread
+        // stops at its next slot at the latest (bounded by the deadline).
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     report.elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(report)
+}
+
+/// Releases slot `i` at `start + i / rate` until `count` slots or the
+/// deadline. A blocking thread sleeps more precisely than the runtime's
+/// millisecond timer, which would otherwise add up to a millisecond to
+/// every measured latency.
+fn schedule(
+    tx: &UnboundedSender<Slot>,
+    count: u64,
+    rate: u64,
+    start: std::time::Instant,
+    deadline: std::time::Instant,
+) {
+    for i in 0..count {
+        let due = start + slot_offset(i, rate);
+        if due >= deadline {
+            break;
+        }
+        let now = std::time::Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        if tx.send((i, Instant::from_std(due))).is_err() {
+            // No worker is left to take it.
+            break;
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -78,33 +138,25 @@ struct Limits {
     count: u64,
     timeout: Duration,
     interval: Duration,
-    rate: Option<u64>,
-    start: Instant,
     deadline: Instant,
     keep_last: bool,
     verbose: bool,
 }
 
-async fn worker(p: &Prepared, expected: Option<&str>, next: &AtomicU64, l: Limits) -> ClientReport {
+async fn worker(p: &Prepared, expected: Option<&str>, source: &Source, l: Limits) -> ClientReport {
     let mut report = ClientReport::default();
     let mut conn: Option<Sender> = None;
     let mut first = true;
     loop {
-        let (i, budget) = match l.rate {
-            Some(rate) => {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= l.count {
-                    break;
-                }
-                let due = l.start + slot_offset(i, rate);
-                if due >= l.deadline {
-                    break;
-                }
-                tokio::time::sleep_until(due).await;
+        // The request's number and the instant its latency counts from.
+        let (i, origin) = match source {
+            Source::Schedule(slots) => {
+                let slot = slots.lock().await.recv().await;
+                let Some((i, due)) = slot else { break };
                 report.record_start_lag(Instant::now().saturating_duration_since(due));
-                (i, l.timeout)
+                (i, due)
             }
-            None => {
+            Source::Counter(next) => {
                 if !first && !l.interval.is_zero() {
                     tokio::time::sleep_until((Instant::now() + l.interval).min(l.deadline)).await;
                 }
@@ -117,11 +169,12 @@ async fn worker(p: &Prepared, expected: Option<&str>, next: &AtomicU64, l: Limit
                 if i >= l.count {
                     break;
                 }
-                // The deadline stops new requests; one already started gets
-                // its full timeout (a sliver of budget would fail it).
-                (i, l.timeout)
+                (i, now)
             }
         };
+        // The deadline stops new requests; one already started gets its
+        // full timeout (a sliver of budget would fail it).
+        let budget = l.timeout;
         let started = Instant::now();
         let result = match tokio::time::timeout(budget, request(&mut conn, p, expected)).await {
             Ok(result) => result,
@@ -131,9 +184,13 @@ async fn worker(p: &Prepared, expected: Option<&str>, next: &AtomicU64, l: Limit
                 Err(format!("no response within {} ms", budget.as_millis()))
             }
         };
-        report.record_latency(started.elapsed());
+        let finished = Instant::now();
+        report.record_latency(finished.saturating_duration_since(started));
         match result {
             Ok(answer) => {
+                report
+                    .latency
+                    .record(finished.saturating_duration_since(origin));
                 if l.verbose {
                     let pod =
                         pod_of(&answer.headers, &answer.body).unwrap_or_else(|| "-".to_string());
@@ -396,6 +453,7 @@ mod tests {
         let r = run(&spec).await.expect("runs");
         let took = begun.elapsed();
         assert_eq!((r.sent, r.ok, r.failed), (50, 50, 0), "{r:?}");
+        assert_eq!((r.latency.count, r.start_lag.count), (50, 50), "{r:?}");
         // The last slot starts 490 ms in: not sooner, whatever the speed.
         assert!(took >= Duration::from_millis(490), "{took:?}");
         assert!(r.max_latency_ms < 5000, "{r:?}");
@@ -423,5 +481,63 @@ mod tests {
             .concurrency(2);
         let r = run(&spec).await.expect("runs");
         assert_eq!((r.sent, r.ok, r.failed), (10, 0, 10), "{r:?}");
+    }
+
+    /// A server that answers each request on a connection `delay` after
+    /// reading its head.
+    async fn slow_server(delay: Duration) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            tokio::time::sleep(delay).await;
+                            let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if s.write_all(resp).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// One connection, a request every 10 ms and 30 ms per answer: the
+    /// queue grows, and latency counted from each slot shows it. Request
+    /// `i` cannot finish before 30·(i+1) ms, its slot is at 10·i ms, so
+    /// its latency is at least 20·i + 30 ms whatever the machine's speed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn latency_counts_from_the_slot_not_the_send() {
+        let addr = slow_server(Duration::from_millis(30)).await;
+        let spec = ClientSpec::new(&format!("http://{addr}/"))
+            .rate(100)
+            .count(20)
+            .concurrency(1);
+        let r = run(&spec).await.expect("runs");
+        assert_eq!((r.sent, r.ok), (20, 20), "{r:?}");
+        assert_eq!(r.latency.count, 20);
+        // Rank 10 of 20 is request 9 or later: at least 210 ms.
+        assert!(r.latency.percentile_us(50.0) >= 210_000, "{:?}", r.latency);
+        // The last request: at least 410 ms from its slot.
+        assert!(r.latency.max_us >= 410_000, "{:?}", r.latency);
+        // It was sent at least 380 ms after its slot (19 answers before it).
+        assert!(r.start_lag.max_us >= 380_000, "{:?}", r.start_lag);
     }
 }

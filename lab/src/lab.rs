@@ -52,6 +52,8 @@ pub struct Pod {
     /// Extra arguments for the pod's knit-init and knit-proxy.
     pub init_args: Vec<String>,
     pub proxy_args: Vec<String>,
+    /// Extra environment of the pod's knit-proxy.
+    pub proxy_env: Vec<(String, String)>,
     /// The proxy's token for the mesh CA (sidecar pods): readable by uid
     /// 1337 only; its SHA-256 is in the pod's WorkloadEntry.
     pub token_file: Option<PathBuf>,

@@ -37,6 +37,7 @@ pub mod echo;
 mod error;
 pub mod grpc;
 pub mod grpc_client;
+pub mod histogram;
 pub mod iptables;
 pub mod knitd;
 mod lab;
@@ -63,6 +64,7 @@ pub use cleanup::{Leftovers, remove_leftovers};
 pub use client::{ClientReport, ClientSpec, HttpResponse, TransferCheck};
 pub use error::{LabError, Result};
 pub use grpc_client::{GrpcClientSpec, GrpcMode, GrpcReport};
+pub use histogram::{Histogram, Percentiles};
 pub use iptables::NatRule;
 pub use knitd::{CaSigner, KnitdCa, RootCa};
 pub use lab::{

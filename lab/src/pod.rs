@@ -68,6 +68,7 @@ impl Lab {
             sidecar: spec.sidecar,
             init_args: spec.init_args,
             proxy_args: spec.proxy_args,
+            proxy_env: spec.proxy_env,
             token_file: None,
             registered_at: Instant::now(),
         };
@@ -262,6 +263,7 @@ impl Lab {
             .arg(token_file)
             .args(&pod.proxy_args);
         default_log_env(&mut cmd);
+        cmd.envs(pod.proxy_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let log = self.logs_dir().join(format!("{}.proxy.log", pod.name));
         let id = self
             .shared

@@ -6,6 +6,7 @@ use http::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LabError, Result};
+use crate::histogram::Histogram;
 
 /// Distinct transport error messages kept in a report.
 pub const MAX_ERRORS: usize = 5;
@@ -133,6 +134,16 @@ pub struct ClientReport {
     /// the schedule (a measure of the client falling behind).
     #[serde(default)]
     pub max_start_lag_ms: u64,
+    /// Latency of every request that got a response (any status), in
+    /// microseconds. With a fixed rate it is measured from the request's
+    /// slot in the schedule, not from when it was sent, so time spent
+    /// waiting for a free connection counts (no coordinated omission);
+    /// without a rate, from when the request started.
+    #[serde(default, skip_serializing_if = "Histogram::is_empty")]
+    pub latency: Histogram,
+    /// With a fixed rate: how late each request was sent after its slot.
+    #[serde(default, skip_serializing_if = "Histogram::is_empty")]
+    pub start_lag: Histogram,
     /// The first failed transfer check, else the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferCheck>,
@@ -239,6 +250,8 @@ impl ClientReport {
         self.elapsed_ms = self.elapsed_ms.max(other.elapsed_ms);
         self.max_latency_ms = self.max_latency_ms.max(other.max_latency_ms);
         self.max_start_lag_ms = self.max_start_lag_ms.max(other.max_start_lag_ms);
+        self.latency.merge(&other.latency);
+        self.start_lag.merge(&other.start_lag);
     }
 
     /// Notes how long one request took.
@@ -249,6 +262,7 @@ impl ClientReport {
     /// Notes how late one request started after its slot.
     pub fn record_start_lag(&mut self, lag: std::time::Duration) {
         self.max_start_lag_ms = self.max_start_lag_ms.max(millis(lag));
+        self.start_lag.record(lag);
     }
 
     /// Responses with this status.
@@ -392,7 +406,12 @@ mod tests {
         b.record_latency(std::time::Duration::from_millis(7));
         a.record_latency(std::time::Duration::from_millis(3));
         a.record_start_lag(std::time::Duration::from_millis(12));
+        b.latency.record(std::time::Duration::from_micros(900));
+        a.latency.record(std::time::Duration::from_micros(100));
         a.merge(b);
+        assert_eq!(a.latency.count, 2);
+        assert_eq!((a.latency.min_us, a.latency.max_us), (100, 900));
+        assert_eq!(a.start_lag.count, 1);
         assert_eq!((a.sent, a.ok, a.failed), (11, 1, 10));
         assert_eq!((a.max_latency_ms, a.max_start_lag_ms), (7, 12));
         assert_eq!(a.by_pod["p"], 1);
@@ -472,7 +491,13 @@ mod tests {
             true,
         );
         r.elapsed_ms = 5;
+        r.latency.record(std::time::Duration::from_micros(250));
         let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["latency"]["count"], 1);
+        assert!(
+            v.get("start_lag").is_none(),
+            "empty histograms are left out"
+        );
         assert_eq!(v["sent"], 1);
         assert_eq!(v["statuses"], serde_json::json!({"200": 1}));
         assert_eq!(v["by_pod"], serde_json::json!({"a": 1}));

@@ -29,6 +29,8 @@ pub struct PodSpec {
     pub init_args: Vec<String>,
     /// Extra arguments for knit-proxy (e.g. `--detect-timeout-ms=3000`).
     pub proxy_args: Vec<String>,
+    /// Extra environment of knit-proxy (e.g. `TOKIO_WORKER_THREADS=2`).
+    pub proxy_env: Vec<(String, String)>,
 }
 
 impl PodSpec {
@@ -44,7 +46,14 @@ impl PodSpec {
             apps: Vec::new(),
             init_args: Vec::new(),
             proxy_args: Vec::new(),
+            proxy_env: Vec::new(),
         }
+    }
+
+    /// Sets a variable in knit-proxy's environment.
+    pub fn proxy_env(mut self, key: &str, value: &str) -> Self {
+        self.proxy_env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Adds an argument to the pod's knit-init command line.
@@ -97,6 +106,14 @@ impl PodSpec {
         validate_dns_label(&format!("{what} namespace"), &self.namespace)?;
         validate_dns_label(&format!("{what} service account"), &self.service_account)?;
         validate_labels(&what, &self.labels)?;
+        for (k, v) in &self.proxy_env {
+            if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+                return Err(LabError::invalid(
+                    format!("{what} proxy_env"),
+                    format!("{k:?}={v:?} is not a usable environment variable"),
+                ));
+            }
+        }
         if self.app_port == 0 {
             return Err(LabError::invalid(format!("{what} app_port"), "port 0"));
         }

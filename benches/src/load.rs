@@ -1,0 +1,343 @@
+//! Load generators, both open loop at a constant rate with latency counted
+//! from each request's scheduled start:
+//!
+//! - `lab`: the lab's own client (`knit-lab client --rate`), run in the
+//!   client pod; it reports a latency histogram;
+//! - `oha`: `oha -q RATE --latency-correction`, when installed; it reports
+//!   fixed percentiles.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use knit_lab::{ClientSpec, Histogram, Lab, find_tool};
+use serde::{Deserialize, Serialize};
+
+use crate::{BenchError, Result};
+
+/// Per-request timeout of the generators.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a generator may run past its duration before it is killed.
+const GENERATOR_MARGIN: Duration = Duration::from_secs(30);
+
+/// Which program sends the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Generator {
+    /// The lab's client (`knit-lab client --rate`).
+    Lab,
+    /// oha with `--latency-correction` (must be installed).
+    Oha,
+}
+
+/// One run of load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadSpec {
+    pub url: String,
+    /// Requests per second.
+    pub rate: u64,
+    pub connections: u64,
+    pub duration: Duration,
+}
+
+impl LoadSpec {
+    /// Requests the schedule holds.
+    pub fn count(&self) -> u64 {
+        let millis = u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX);
+        (self.rate.saturating_mul(millis) / 1000).max(1)
+    }
+}
+
+/// What a generator measured. Latencies are microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadOutcome {
+    pub sent: u64,
+    /// 2xx responses.
+    pub ok: u64,
+    /// Requests without a 2xx: transport failures and other statuses.
+    pub errors: u64,
+    /// A few error messages, for the reader.
+    pub error_samples: Vec<String>,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub mean_us: f64,
+    /// `(percentile, µs)` points for the plot.
+    pub curve: Vec<(f64, u64)>,
+    /// The longest a request was sent after its slot (lab generator).
+    pub max_start_lag_us: u64,
+}
+
+impl LoadOutcome {
+    fn from_histogram(h: &Histogram) -> LoadOutcome {
+        let p = h.percentiles();
+        LoadOutcome {
+            p50_us: p.p50,
+            p90_us: p.p90,
+            p99_us: p.p99,
+            p999_us: p.p999,
+            max_us: h.max_us,
+            mean_us: h.mean_us(),
+            curve: h.curve(),
+            ..LoadOutcome::default()
+        }
+    }
+}
+
+/// A generator started in a pod; [`Running::finish`] waits for it.
+pub enum Running {
+    Lab(knit_lab::ClientHandle),
+    Oha {
+        child: std::process::Child,
+        command: String,
+        deadline: Instant,
+        output: PathBuf,
+        log: PathBuf,
+    },
+}
+
+/// Finds oha in `$PATH` or in `~/.cargo/bin`.
+pub fn find_oha() -> Result<PathBuf> {
+    if let Ok(p) = find_tool("oha") {
+        return Ok(p);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    if let Some(p) = home.map(|h| h.join(".cargo/bin/oha"))
+        && p.is_file()
+    {
+        return Ok(p);
+    }
+    Err(BenchError::ToolMissing {
+        tool: "oha".to_string(),
+        hint: "install it with `cargo install oha`, or use --generator lab".to_string(),
+    })
+}
+
+/// Starts `generator` in `pod`, sending `spec`. `scratch` is a directory
+/// for the generator's output.
+pub fn start(
+    lab: &Lab,
+    pod: &str,
+    generator: Generator,
+    spec: &LoadSpec,
+    scratch: &std::path::Path,
+) -> Result<Running> {
+    if spec.rate == 0 || spec.connections == 0 || spec.duration.is_zero() {
+        return Err(BenchError::invalid(
+            "load",
+            "rate, connections and duration must be positive",
+        ));
+    }
+    match generator {
+        Generator::Lab => {
+            let client = ClientSpec::new(&spec.url)
+                .rate(spec.rate)
+                .count(spec.count())
+                .concurrency(spec.connections)
+                .duration(spec.duration)
+                .timeout(REQUEST_TIMEOUT);
+            Ok(Running::Lab(lab.spawn_client(pod, &client)?))
+        }
+        Generator::Oha => {
+            let oha = find_oha()?;
+            let ip = find_tool("ip")?;
+            let netns = lab.pod(pod)?.netns.clone();
+            let output = scratch.join(format!("oha-{pod}.json"));
+            let log = scratch.join(format!("oha-{pod}.log"));
+            let log_file = std::fs::File::create(&log)
+                .map_err(|e| BenchError::io(log.display().to_string(), e))?;
+            let mut cmd = Command::new(ip);
+            cmd.args(["netns", "exec", &netns])
+                .arg(&oha)
+                .args(["-q", &spec.rate.to_string(), "--latency-correction"])
+                .args(["-z", &format!("{}ms", spec.duration.as_millis())])
+                .args(["-c", &spec.connections.to_string()])
+                .args(["-t", &format!("{}s", REQUEST_TIMEOUT.as_secs())])
+                .args(["--no-tui", "--output-format", "json", "-o"])
+                .arg(&output)
+                .arg(&spec.url)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log_file));
+            let command = format!("{cmd:?}");
+            let child = cmd.spawn().map_err(|e| BenchError::io(&command, e))?;
+            Ok(Running::Oha {
+                child,
+                command,
+                deadline: Instant::now() + spec.duration + GENERATOR_MARGIN,
+                output,
+                log,
+            })
+        }
+    }
+}
+
+impl Running {
+    /// Waits for the generator (killing it past its deadline) and reads
+    /// what it measured.
+    pub fn finish(self) -> Result<LoadOutcome> {
+        match self {
+            Running::Lab(handle) => {
+                let r = handle.join()?;
+                let mut out = LoadOutcome::from_histogram(&r.latency);
+                out.sent = r.sent;
+                out.ok = r.ok;
+                out.errors = r.sent.saturating_sub(r.ok);
+                out.error_samples = r.errors.clone();
+                for (status, n) in &r.statuses {
+                    if !(200..300).contains(status) {
+                        out.error_samples.push(format!("{n} × status {status}"));
+                    }
+                }
+                out.max_start_lag_us = r.start_lag.max_us;
+                Ok(out)
+            }
+            Running::Oha {
+                mut child,
+                command,
+                deadline,
+                output,
+                log,
+            } => {
+                let status = loop {
+                    if let Some(status) =
+                        child.try_wait().map_err(|e| BenchError::io(&command, e))?
+                    {
+                        break status;
+                    }
+                    if Instant::now() >= deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(BenchError::Command {
+                            command,
+                            status: "killed".to_string(),
+                            output: "ran past its deadline".to_string(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                if !status.success() {
+                    return Err(BenchError::Command {
+                        command,
+                        status: status.to_string(),
+                        output: std::fs::read_to_string(&log).unwrap_or_default(),
+                    });
+                }
+                let text = std::fs::read_to_string(&output)
+                    .map_err(|e| BenchError::io(output.display().to_string(), e))?;
+                parse_oha(&text)
+            }
+        }
+    }
+}
+
+/// Reads oha's `--output-format json`: percentiles in seconds, statuses
+/// and transport errors. Requests cut off by the end of the run
+/// ("aborted due to deadline") are not errors of the contender.
+pub fn parse_oha(text: &str) -> Result<LoadOutcome> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| BenchError::parse("oha's JSON", e))?;
+    let pct = &v["latencyPercentiles"];
+    let us = |key: &str| -> Result<u64> {
+        let s = pct[key].as_f64().ok_or_else(|| {
+            BenchError::parse("oha's JSON", format!("no latencyPercentiles.{key}"))
+        })?;
+        Ok((s * 1e6).round().max(0.0) as u64)
+    };
+    let mut out = LoadOutcome {
+        p50_us: us("p50")?,
+        p90_us: us("p90")?,
+        p99_us: us("p99")?,
+        p999_us: us("p99.9")?,
+        max_us: (v["summary"]["slowest"].as_f64().unwrap_or(0.0) * 1e6).round() as u64,
+        mean_us: v["summary"]["average"].as_f64().unwrap_or(0.0) * 1e6,
+        ..LoadOutcome::default()
+    };
+    let mut curve = Vec::new();
+    for (key, p) in [
+        ("p10", 10.0),
+        ("p25", 25.0),
+        ("p50", 50.0),
+        ("p75", 75.0),
+        ("p90", 90.0),
+        ("p95", 95.0),
+        ("p99", 99.0),
+        ("p99.9", 99.9),
+        ("p99.99", 99.99),
+    ] {
+        if let Some(s) = pct[key].as_f64() {
+            curve.push((p, (s * 1e6).round().max(0.0) as u64));
+        }
+    }
+    out.curve = curve;
+    if let Some(statuses) = v["statusCodeDistribution"].as_object() {
+        for (code, n) in statuses {
+            let n = n.as_u64().unwrap_or(0);
+            out.sent += n;
+            if code.starts_with('2') {
+                out.ok += n;
+            } else {
+                out.errors += n;
+                out.error_samples.push(format!("{n} × status {code}"));
+            }
+        }
+    }
+    if let Some(errors) = v["errorDistribution"].as_object() {
+        for (message, n) in errors {
+            if message.contains("aborted due to deadline") {
+                continue;
+            }
+            let n = n.as_u64().unwrap_or(0);
+            out.sent += n;
+            out.errors += n;
+            out.error_samples.push(format!("{n} × {message}"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_counts() {
+        let spec = LoadSpec {
+            url: "http://x/".to_string(),
+            rate: 1000,
+            connections: 16,
+            duration: Duration::from_secs(30),
+        };
+        assert_eq!(spec.count(), 30_000);
+        let tiny = LoadSpec {
+            rate: 3,
+            duration: Duration::from_millis(100),
+            ..spec
+        };
+        assert_eq!(tiny.count(), 1);
+    }
+
+    #[test]
+    fn oha_json() {
+        let text = r#"{
+          "summary": {"successRate": 1.0, "total": 2.0, "slowest": 0.004, "average": 0.0005},
+          "latencyPercentiles": {"p10": 0.0002, "p25": 0.0003, "p50": 0.0004, "p75": 0.0005,
+             "p90": 0.0006, "p95": 0.0007, "p99": 0.001, "p99.9": 0.002, "p99.99": 0.004},
+          "statusCodeDistribution": {"200": 1990, "503": 4},
+          "errorDistribution": {"aborted due to deadline": 6, "connection reset": 2}
+        }"#;
+        let o = parse_oha(text).unwrap();
+        assert_eq!(
+            (o.p50_us, o.p90_us, o.p99_us, o.p999_us),
+            (400, 600, 1000, 2000)
+        );
+        assert_eq!((o.sent, o.ok, o.errors), (1996, 1990, 6));
+        assert_eq!(o.max_us, 4000);
+        assert_eq!(o.curve.len(), 9);
+        assert!(o.error_samples.iter().any(|e| e.contains("reset")));
+        assert!(parse_oha("{}").is_err());
+        assert!(parse_oha("not json").is_err());
+    }
+}

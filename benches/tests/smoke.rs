@@ -1,0 +1,94 @@
+//! The harness's smoke mode through the real lab (needs root, like the
+//! lab's tests): every contender is measured and the numbers hang
+//! together. No timing thresholds: performance is the benchmark's
+//! business, not the test suite's.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn smoke_mode_measures_every_contender() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let run = Command::new(env!("CARGO_BIN_EXE_knit-bench"))
+        .arg("--smoke")
+        .arg("--out-dir")
+        .arg(out.path())
+        .output()
+        .expect("running knit-bench");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "knit-bench --smoke failed:\n{stderr}");
+
+    let json = std::fs::read_to_string(out.path().join("smoke.json")).expect("smoke.json");
+    let report: Value = serde_json::from_str(&json).expect("valid JSON");
+    let md = std::fs::read_to_string(out.path().join("smoke.md")).expect("smoke.md");
+    let svg = std::fs::read_to_string(out.path().join("smoke.svg")).expect("smoke.svg");
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+
+    let contenders = report["contenders"].as_array().expect("contenders");
+    let names: Vec<&str> = contenders
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["direct", "knit-plain", "knit-mtls"], "{json}");
+    for c in contenders {
+        let name = c["name"].as_str().unwrap_or_default();
+        assert!(
+            md.contains(&format!("| {name} |")),
+            "{name} missing from\n{md}"
+        );
+        let sent = c["sent"].as_u64().unwrap_or(0);
+        assert!(sent > 0, "{name}: nothing sent: {c}");
+        assert_eq!(c["errors"].as_u64(), Some(0), "{name}: {c}");
+        let p: Vec<f64> = ["p50_ms", "p90_ms", "p99_ms", "p999_ms"]
+            .iter()
+            .map(|k| c[k].as_f64().unwrap_or(-1.0))
+            .collect();
+        assert!(p[0] > 0.0, "{name}: p50 {p:?}");
+        assert!(p.windows(2).all(|w| w[0] <= w[1]), "{name}: {p:?}");
+        assert!(
+            !c["curve"].as_array().unwrap_or(&Vec::new()).is_empty(),
+            "{name}"
+        );
+
+        let proxies = c["proxies"].as_array().expect("proxies");
+        if name == "direct" {
+            assert!(proxies.is_empty(), "{c}");
+            continue;
+        }
+        let sides: Vec<&str> = proxies.iter().filter_map(|p| p["side"].as_str()).collect();
+        assert_eq!(sides, ["client", "server"], "{c}");
+        for p in proxies {
+            let num = |k: &str| p[k].as_f64().unwrap_or(-1.0);
+            assert!(num("cores") >= 0.0 && num("cores_per_krps") >= 0.0, "{p}");
+            assert!(num("rss_mib") > 0.0 && num("rss_anon_mib") > 0.0, "{p}");
+            assert!(num("peak_rss_mib") > 0.0, "{p}");
+        }
+        // The server proxy saw the mesh hop the contender stands for.
+        let expected = if name == "knit-mtls" {
+            "mutual_tls"
+        } else {
+            "none"
+        };
+        let security = c["server_security"].as_array().expect("server_security");
+        let seen: u64 = security
+            .iter()
+            .filter(|pair| pair[0] == expected)
+            .filter_map(|pair| pair[1].as_u64())
+            .sum();
+        assert!(seen >= sent, "{name}: {security:?}, sent {sent}");
+        let other: u64 = security
+            .iter()
+            .filter(|pair| pair[0] != expected)
+            .filter_map(|pair| pair[1].as_u64())
+            .sum();
+        assert_eq!(other, 0, "{name}: {security:?}");
+    }
+    let samples = report["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 3, "one repetition per contender");
+    for s in samples {
+        assert!(s["foreign_cores"].as_f64().unwrap_or(-1.0) >= 0.0, "{s}");
+        assert!(s["wall_s"].as_f64().unwrap_or(0.0) > 0.0, "{s}");
+    }
+    assert!(report["machine"]["cpus"].as_u64().unwrap_or(0) >= 1);
+}
