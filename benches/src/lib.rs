@@ -9,7 +9,9 @@
 //! - `knit-plain`: Knit sidecars on both pods, the mesh hop in plaintext
 //!   (a DestinationRule with `tls: {mode: DISABLE}` for the service);
 //! - `knit-mtls`: Knit sidecars on both pods, the mesh hop in mutual TLS
-//!   (the default).
+//!   (the default);
+//! - `envoy-mtls`: an Envoy pair configured like Istio's sidecars, TLS 1.3
+//!   mutual TLS between them (see [`envoy`]).
 //!
 //! The load is open loop at a constant rate, with latency counted from each
 //! request's slot in the schedule (see [`knit_lab::Histogram`]). Around each
@@ -19,6 +21,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod envoy;
+pub mod handshake;
 pub mod load;
 pub mod procfs;
 pub mod results;

@@ -34,17 +34,32 @@ pub enum Generator {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadSpec {
     pub url: String,
-    /// Requests per second.
+    /// Requests per second (open loop).
     pub rate: u64,
+    /// Closed loop instead: each connection sends its next request when
+    /// the last one is answered, as fast as the path allows; `rate` only
+    /// bounds the count.
+    pub closed_loop: bool,
     pub connections: u64,
     pub duration: Duration,
+    /// At most this many requests (closed loop), e.g. a bulk download.
+    pub requests: Option<u64>,
+    /// Per request.
+    pub timeout: Duration,
 }
 
 impl LoadSpec {
-    /// Requests the schedule holds.
+    /// Requests the schedule holds (open loop), or the most a closed loop
+    /// may send.
     pub fn count(&self) -> u64 {
         let millis = u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX);
-        (self.rate.saturating_mul(millis) / 1000).max(1)
+        let rate = if self.closed_loop {
+            crate::run::MAX_RATE
+        } else {
+            self.rate
+        };
+        let scheduled = (rate.saturating_mul(millis) / 1000).max(1);
+        self.requests.map_or(scheduled, |n| n.min(scheduled))
     }
 }
 
@@ -68,6 +83,9 @@ pub struct LoadOutcome {
     pub curve: Vec<(f64, u64)>,
     /// The longest a request was sent after its slot (lab generator).
     pub max_start_lag_us: u64,
+    /// Response body bytes received.
+    #[serde(default)]
+    pub bytes_received: u64,
 }
 
 impl LoadOutcome {
@@ -89,6 +107,14 @@ impl LoadOutcome {
 /// A generator started in a pod; [`Running::finish`] waits for it.
 pub enum Running {
     Lab(knit_lab::ClientHandle),
+    /// `knit-bench handshake-client` in the lab's node namespace.
+    Handshake {
+        child: std::process::Child,
+        command: String,
+        deadline: Instant,
+        output: PathBuf,
+        log: PathBuf,
+    },
     Oha {
         child: std::process::Child,
         command: String,
@@ -132,12 +158,15 @@ pub fn start(
     }
     match generator {
         Generator::Lab => {
-            let client = ClientSpec::new(&spec.url)
-                .rate(spec.rate)
+            let mut client = ClientSpec::new(&spec.url);
+            if !spec.closed_loop {
+                client = client.rate(spec.rate);
+            }
+            let client = client
                 .count(spec.count())
                 .concurrency(spec.connections)
                 .duration(spec.duration)
-                .timeout(REQUEST_TIMEOUT);
+                .timeout(spec.timeout);
             Ok(Running::Lab(lab.spawn_client(pod, &client)?))
         }
         Generator::Oha => {
@@ -151,10 +180,18 @@ pub fn start(
             let mut cmd = Command::new(ip);
             cmd.args(["netns", "exec", &netns])
                 .arg(&oha)
-                .args(["-q", &spec.rate.to_string(), "--latency-correction"])
+                .args(if spec.closed_loop {
+                    vec![]
+                } else {
+                    vec![
+                        "-q".to_string(),
+                        spec.rate.to_string(),
+                        "--latency-correction".to_string(),
+                    ]
+                })
                 .args(["-z", &format!("{}ms", spec.duration.as_millis())])
                 .args(["-c", &spec.connections.to_string()])
-                .args(["-t", &format!("{}s", REQUEST_TIMEOUT.as_secs())])
+                .args(["-t", &format!("{}ms", spec.timeout.as_millis())])
                 .args(["--no-tui", "--output-format", "json", "-o"])
                 .arg(&output)
                 .arg(&spec.url)
@@ -172,6 +209,72 @@ pub fn start(
             })
         }
     }
+}
+
+/// Starts scenario (e)'s client (this very binary's `handshake-client`)
+/// in the lab's node namespace; its JSON report goes to a file in
+/// `scratch`.
+pub fn start_handshakes(
+    lab: &Lab,
+    spec: &crate::handshake::HandshakeSpec,
+    scratch: &std::path::Path,
+) -> Result<Running> {
+    let me = std::env::current_exe().map_err(|e| BenchError::io("finding knit-bench", e))?;
+    let ip = find_tool("ip")?;
+    let output = scratch.join("handshake.json");
+    let log = scratch.join("handshake.log");
+    let out_file = std::fs::File::create(&output)
+        .map_err(|e| BenchError::io(output.display().to_string(), e))?;
+    let log_file =
+        std::fs::File::create(&log).map_err(|e| BenchError::io(log.display().to_string(), e))?;
+    let mut cmd = Command::new(ip);
+    cmd.args(["netns", "exec", lab.node_netns()])
+        .arg(me)
+        .args(spec.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_file))
+        .stderr(Stdio::from(log_file));
+    let command = format!("{cmd:?}");
+    let child = cmd.spawn().map_err(|e| BenchError::io(&command, e))?;
+    Ok(Running::Handshake {
+        child,
+        command,
+        deadline: Instant::now() + spec.duration + GENERATOR_MARGIN,
+        output,
+        log,
+    })
+}
+
+/// Waits for `child` until `deadline`, killing it past that.
+fn wait_child(
+    child: &mut std::process::Child,
+    command: &str,
+    deadline: Instant,
+    log: &std::path::Path,
+) -> Result<()> {
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| BenchError::io(command, e))? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(BenchError::Command {
+                command: command.to_string(),
+                status: "killed".to_string(),
+                output: "ran past its deadline".to_string(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if !status.success() {
+        return Err(BenchError::Command {
+            command: command.to_string(),
+            status: status.to_string(),
+            output: std::fs::read_to_string(log).unwrap_or_default(),
+        });
+    }
+    Ok(())
 }
 
 impl Running {
@@ -192,6 +295,27 @@ impl Running {
                     }
                 }
                 out.max_start_lag_us = r.start_lag.max_us;
+                out.bytes_received = r.bytes_received;
+                Ok(out)
+            }
+            Running::Handshake {
+                mut child,
+                command,
+                deadline,
+                output,
+                log,
+            } => {
+                wait_child(&mut child, &command, deadline, &log)?;
+                let text = std::fs::read_to_string(&output)
+                    .map_err(|e| BenchError::io(output.display().to_string(), e))?;
+                let r: crate::handshake::HandshakeReport = serde_json::from_str(&text)
+                    .map_err(|e| BenchError::parse("the handshake client's report", e))?;
+                let mut out = LoadOutcome::from_histogram(&r.latency);
+                out.sent = r.attempted;
+                out.ok = r.ok;
+                out.errors = r.errors;
+                out.error_samples = r.error_samples;
+                out.bytes_received = r.bytes_received;
                 Ok(out)
             }
             Running::Oha {
@@ -201,30 +325,7 @@ impl Running {
                 output,
                 log,
             } => {
-                let status = loop {
-                    if let Some(status) =
-                        child.try_wait().map_err(|e| BenchError::io(&command, e))?
-                    {
-                        break status;
-                    }
-                    if Instant::now() >= deadline {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return Err(BenchError::Command {
-                            command,
-                            status: "killed".to_string(),
-                            output: "ran past its deadline".to_string(),
-                        });
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                };
-                if !status.success() {
-                    return Err(BenchError::Command {
-                        command,
-                        status: status.to_string(),
-                        output: std::fs::read_to_string(&log).unwrap_or_default(),
-                    });
-                }
+                wait_child(&mut child, &command, deadline, &log)?;
                 let text = std::fs::read_to_string(&output)
                     .map_err(|e| BenchError::io(output.display().to_string(), e))?;
                 parse_oha(&text)
@@ -253,6 +354,7 @@ pub fn parse_oha(text: &str) -> Result<LoadOutcome> {
         p999_us: us("p99.9")?,
         max_us: (v["summary"]["slowest"].as_f64().unwrap_or(0.0) * 1e6).round() as u64,
         mean_us: v["summary"]["average"].as_f64().unwrap_or(0.0) * 1e6,
+        bytes_received: v["summary"]["totalData"].as_u64().unwrap_or(0),
         ..LoadOutcome::default()
     };
     let mut curve = Vec::new();
@@ -307,8 +409,11 @@ mod tests {
         let spec = LoadSpec {
             url: "http://x/".to_string(),
             rate: 1000,
+            closed_loop: false,
             connections: 16,
             duration: Duration::from_secs(30),
+            requests: None,
+            timeout: REQUEST_TIMEOUT,
         };
         assert_eq!(spec.count(), 30_000);
         let tiny = LoadSpec {
@@ -317,6 +422,17 @@ mod tests {
             ..spec
         };
         assert_eq!(tiny.count(), 1);
+        let closed = LoadSpec {
+            closed_loop: true,
+            duration: Duration::from_secs(2),
+            ..tiny
+        };
+        assert_eq!(closed.count(), 2 * crate::run::MAX_RATE);
+        let bulk = LoadSpec {
+            requests: Some(20),
+            ..closed
+        };
+        assert_eq!(bulk.count(), 20);
     }
 
     #[test]

@@ -101,6 +101,18 @@ pub fn reset_peak(pid: u32) -> Result<()> {
     std::fs::write(&path, b"5").map_err(|e| BenchError::io(format!("writing 5 to {path}"), e))
 }
 
+/// The arguments of `pid`'s command line.
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The command name of `pid` (`/proc/<pid>/comm`), if it is running.
 pub fn comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))

@@ -16,6 +16,13 @@ use crate::{BenchError, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub rate: u64,
+    /// Closed loop (a ceiling): `rate` was only a bound.
+    #[serde(default)]
+    pub closed_loop: bool,
+    /// A new mutual-TLS connection per request, straight to the server
+    /// proxy (scenario e).
+    #[serde(default)]
+    pub handshakes: bool,
     pub connections: u64,
     pub duration_s: f64,
     pub warmup_s: f64,
@@ -23,8 +30,12 @@ pub struct Settings {
     pub body_bytes: u64,
     pub protocol: String,
     pub generator: Generator,
-    /// `TOKIO_WORKER_THREADS` of every knit-proxy.
+    /// Worker threads of every proxy: knit-proxy's `TOKIO_WORKER_THREADS`,
+    /// Envoy's `--concurrency`.
     pub proxy_worker_threads: u32,
+    /// The Envoy measured, when `envoy-mtls` ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy: Option<crate::envoy::EnvoyBinary>,
     /// `debug` or `release`: the profile of the binaries measured.
     pub build: String,
 }
@@ -58,6 +69,9 @@ pub struct Sample {
     pub attempts: u32,
     pub wall_s: f64,
     pub achieved_rps: f64,
+    /// Response bodies received per second of the measurement.
+    #[serde(default)]
+    pub throughput_mib_s: f64,
     pub load: LoadOutcome,
     pub proxies: Vec<ProxyUsage>,
     /// CPU the machine spent on tasks outside the lab and the harness,
@@ -75,6 +89,13 @@ pub struct ProxySummary {
     pub side: String,
     pub cores: f64,
     pub cores_per_krps: f64,
+    /// Response bodies carried per second per core of this proxy.
+    #[serde(default)]
+    pub mib_s_per_core: f64,
+    /// Requests (in scenario e, handshakes) per second per core of this
+    /// proxy.
+    #[serde(default)]
+    pub rps_per_core: f64,
     pub rss_mib: f64,
     pub rss_anon_mib: f64,
     pub peak_rss_mib: f64,
@@ -99,6 +120,8 @@ pub struct Summary {
     pub sent: u64,
     pub errors: u64,
     pub achieved_rps: f64,
+    #[serde(default)]
+    pub throughput_mib_s: f64,
     pub proxies: Vec<ProxySummary>,
     /// The highest foreign load seen in its measurements, in cores.
     pub max_foreign_cores: f64,
@@ -172,6 +195,30 @@ pub fn summarize(samples: &[Sample], security: &[(Contender, Vec<(String, u64)>)
                     side: side.clone(),
                     cores: pm(&|p| p.cores),
                     cores_per_krps: pm(&|p| p.cores_per_krps),
+                    rps_per_core: {
+                        let v: Vec<f64> = mine
+                            .iter()
+                            .flat_map(|s| {
+                                s.proxies
+                                    .iter()
+                                    .filter(|p| &p.side == side && p.cores > 0.0)
+                                    .map(|p| s.load.ok as f64 / s.wall_s / p.cores)
+                            })
+                            .collect();
+                        median(&v)
+                    },
+                    mib_s_per_core: {
+                        let v: Vec<f64> = mine
+                            .iter()
+                            .flat_map(|s| {
+                                s.proxies
+                                    .iter()
+                                    .filter(|p| &p.side == side && p.cores > 0.0)
+                                    .map(|p| s.throughput_mib_s / p.cores)
+                            })
+                            .collect();
+                        median(&v)
+                    },
                     rss_mib: pm(&|p| p.rss_mib),
                     rss_anon_mib: pm(&|p| p.rss_anon_mib),
                     peak_rss_mib: pm(&|p| p.peak_rss_mib),
@@ -207,6 +254,7 @@ pub fn summarize(samples: &[Sample], security: &[(Contender, Vec<(String, u64)>)
             sent: mine.iter().map(|s| s.load.sent).sum(),
             errors: mine.iter().map(|s| s.load.errors).sum(),
             achieved_rps: m(&|s| s.achieved_rps),
+            throughput_mib_s: m(&|s| s.throughput_mib_s),
             proxies,
             max_foreign_cores: mine.iter().map(|s| s.foreign_cores).fold(0.0, f64::max),
             server_security: security
@@ -253,31 +301,47 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "Open loop, {} rps, {} connections, {} s per measurement after {} s of warm-up, \
-         HTTP/1.1 from the client app, {}-byte responses, generator `{}`, \
-         knit-proxy `TOKIO_WORKER_THREADS={}`. Contenders take turns; each figure is the \
-         median of {} repetitions. Latency counts from each request's scheduled start.\n",
-        s.rate,
+        "{}, {} connections, {} s per measurement after {} s of warm-up, \
+         {}, {}-byte responses, generator `{}`, \
+         {} worker threads per proxy. Contenders take turns; each figure is the \
+         median of {} repetitions. {}\n",
+        if s.handshakes {
+            "Closed loop, each request on a new TLS 1.3 mutual-TLS connection from the lab's \
+             node straight to the server proxy (its client-side proxy idles)"
+                .to_string()
+        } else if s.closed_loop {
+            "Closed loop (each connection sends its next request when answered)".to_string()
+        } else {
+            format!("Open loop, {} rps", s.rate)
+        },
         s.connections,
         s.duration_s,
         s.warmup_s,
+        s.protocol,
         s.body_bytes,
         match s.generator {
             Generator::Lab => "knit-lab client",
             Generator::Oha => "oha --latency-correction",
         },
         s.proxy_worker_threads,
-        s.repetitions
+        s.repetitions,
+        if s.closed_loop {
+            "Latency counts from each request's send."
+        } else {
+            "Latency counts from each request's scheduled start."
+        }
     );
     out.push_str(
-        "| contender | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p99 | errors / sent |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| contender | rps | MiB/s | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p99 | errors / sent |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for c in &r.contenders {
         let _ = writeln!(
             out,
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} | {:+.3} | {} / {} |",
+            "| {} | {:.0} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} | {:+.3} | {} / {} |",
             c.name,
+            c.achieved_rps,
+            c.throughput_mib_s,
             c.p50_ms,
             c.p90_ms,
             c.p99_ms,
@@ -289,18 +353,20 @@ pub fn markdown(r: &Report) -> String {
         );
     }
     out.push_str(
-        "\n| contender | proxy | cores | cores per 1000 rps | RSS MiB | RssAnon MiB | peak RSS MiB |\n\
-         |---|---|---:|---:|---:|---:|---:|\n",
+        "\n| contender | proxy | cores | cores per 1000 rps | rps per core | MiB/s per core | RSS MiB | RssAnon MiB | peak RSS MiB |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for c in &r.contenders {
         for p in &c.proxies {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} | {:.3} | {:.3} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |",
                 c.name,
                 p.side,
                 p.cores,
                 p.cores_per_krps,
+                p.rps_per_core,
+                p.mib_s_per_core,
                 p.rss_mib,
                 p.rss_anon_mib,
                 p.peak_rss_mib
@@ -403,6 +469,7 @@ mod tests {
             attempts: 1,
             wall_s: 1.0,
             achieved_rps: 100.0,
+            throughput_mib_s: 0.1,
             load: LoadOutcome {
                 sent: 100,
                 ok: 100,
@@ -472,6 +539,8 @@ mod tests {
             machine: Machine::default(),
             settings: Settings {
                 rate: 100,
+                closed_loop: false,
+                handshakes: false,
                 connections: 2,
                 duration_s: 1.0,
                 warmup_s: 0.0,
@@ -480,6 +549,7 @@ mod tests {
                 protocol: "http/1.1".to_string(),
                 generator: Generator::Lab,
                 proxy_worker_threads: 2,
+                envoy: None,
                 build: "debug".to_string(),
             },
             contenders: s,
@@ -487,7 +557,7 @@ mod tests {
             notes: vec!["a note".to_string()],
         };
         let md = markdown(&report);
-        assert!(md.contains("| knit-mtls | 0.510 |"), "{md}");
+        assert!(md.contains("| knit-mtls | 100 | 0.1 | 0.510 |"), "{md}");
         assert!(md.contains("| knit-mtls | server |"), "{md}");
         assert!(md.contains("a note"));
         let dir = tempfile::tempdir().unwrap();

@@ -12,13 +12,14 @@ use crate::load::{self, Generator, LoadSpec};
 use crate::procfs::{self, ProcCpu, ProcMem};
 use crate::results::{self, ProxyUsage, Report, Sample, Settings};
 use crate::topology::{Contender, Topology, TopologySpec};
-use crate::{BenchError, Result};
+use crate::{BenchError, Result, envoy};
 
 /// Bounds that keep every run finite.
 pub const MAX_REPETITIONS: u32 = 20;
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
 pub const MAX_RATE: u64 = 100_000;
 pub const MAX_CONNECTIONS: u64 = 1024;
+pub const MAX_BODY_BYTES: u64 = 1 << 30;
 /// Measurements made again when one was disturbed.
 const DISTURBED_RETRIES: u32 = 1;
 /// Foreign load above this many cores marks a measurement as disturbed
@@ -33,7 +34,11 @@ const MEMORY_READ_AT: f64 = 0.9;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scenario {
     pub name: String,
+    /// Requests per second; with `closed_loop`, only a bound.
     pub rate: u64,
+    /// Closed loop: as fast as each connection gets answers (a ceiling).
+    #[serde(default)]
+    pub closed_loop: bool,
     pub connections: u64,
     pub duration: Duration,
     pub warmup: Duration,
@@ -41,6 +46,18 @@ pub struct Scenario {
     pub generator: Generator,
     pub proxy_workers: u32,
     pub body_bytes: u64,
+    /// Who is measured, in this order on the first repetition.
+    pub contenders: Vec<Contender>,
+    /// What every knit-proxy runs under (a profiler), empty for nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_wrapper: Vec<String>,
+    /// At most this many requests per measurement (closed loop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// Scenario (e): a new mutual-TLS connection per request, straight to
+    /// the server proxy (closed loop; mTLS contenders only).
+    #[serde(default)]
+    pub handshakes: bool,
 }
 
 impl Scenario {
@@ -50,6 +67,7 @@ impl Scenario {
         Scenario {
             name: "a-1000rps-16c".to_string(),
             rate: 1000,
+            closed_loop: false,
             connections: 16,
             duration: Duration::from_secs(30),
             warmup: Duration::from_secs(5),
@@ -57,8 +75,61 @@ impl Scenario {
             generator: Generator::Lab,
             proxy_workers: 2,
             body_bytes: 1024,
+            contenders: Contender::ALL.to_vec(),
+            proxy_wrapper: Vec::new(),
+            requests: None,
+            handshakes: false,
         }
     }
+
+    /// A standard scenario by its letter: `a` 1000 rps over 16
+    /// connections, `b` 1000 rps over 4, `c` 3000 rps over 16, `d` the
+    /// closed-loop ceiling over 16 connections.
+    pub fn preset(id: &str) -> Option<Scenario> {
+        let a = Scenario::standard();
+        Some(match id {
+            "a" => a,
+            "b" => Scenario {
+                name: "b-1000rps-4c".to_string(),
+                connections: 4,
+                ..a
+            },
+            "c" => Scenario {
+                name: "c-3000rps-16c".to_string(),
+                rate: 3000,
+                ..a
+            },
+            "d" => Scenario {
+                name: "d-closed-loop-16c".to_string(),
+                closed_loop: true,
+                duration: Duration::from_secs(15),
+                ..a
+            },
+            "e" => Scenario {
+                name: "e-handshakes-16c".to_string(),
+                closed_loop: true,
+                handshakes: true,
+                duration: Duration::from_secs(15),
+                warmup: Duration::from_secs(2),
+                contenders: vec![Contender::KnitMtls, Contender::EnvoyMtls],
+                ..a
+            },
+            "f" => Scenario {
+                name: "f-bulk-20x100mib".to_string(),
+                closed_loop: true,
+                connections: 1,
+                requests: Some(20),
+                body_bytes: 100 << 20,
+                duration: Duration::from_secs(120),
+                warmup: Duration::from_secs(2),
+                ..a
+            },
+            _ => return None,
+        })
+    }
+
+    /// The letters of [`Scenario::preset`], in suite order.
+    pub const PRESETS: [&'static str; 6] = ["a", "b", "c", "d", "e", "f"];
 
     /// A quick check that the harness works: a tiny rate for two seconds
     /// per contender, one repetition.
@@ -112,8 +183,37 @@ impl Scenario {
         if self.proxy_workers == 0 || self.proxy_workers > 64 {
             return bad("proxy workers", "must be 1..=64".to_string());
         }
-        if self.body_bytes > 1 << 20 {
-            return bad("body size", "at most 1 MiB".to_string());
+        if self.contenders.is_empty() {
+            return bad("contenders", "choose at least one".to_string());
+        }
+        for (i, c) in self.contenders.iter().enumerate() {
+            if self.contenders[..i].contains(c) {
+                return bad("contenders", format!("{} is listed twice", c.name()));
+            }
+        }
+        if self.body_bytes > MAX_BODY_BYTES {
+            return bad("body size", format!("at most {} MiB", MAX_BODY_BYTES >> 20));
+        }
+        if self.handshakes {
+            if !self.closed_loop {
+                return bad("handshakes", "run in closed loop".to_string());
+            }
+            if let Some(c) = self
+                .contenders
+                .iter()
+                .find(|c| !matches!(c, Contender::KnitMtls | Contender::EnvoyMtls))
+            {
+                return bad(
+                    "contenders",
+                    format!("{} has no mutual TLS to handshake with", c.name()),
+                );
+            }
+        }
+        if self.requests == Some(0) {
+            return bad("requests", "must be at least 1".to_string());
+        }
+        if self.requests.is_some() && !self.closed_loop {
+            return bad("requests", "only bounds a closed loop".to_string());
         }
         Ok(())
     }
@@ -127,13 +227,28 @@ pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Result<Report
         load::find_oha()?;
     }
     let ticks = procfs::clock_ticks()?;
+    let envoy = if scenario.contenders.contains(&Contender::EnvoyMtls) {
+        let binary = envoy::find_or_install(progress)?;
+        progress(&format!(
+            "Envoy: {} ({}, from {})",
+            binary.path.display(),
+            binary.version,
+            binary.source
+        ));
+        Some(binary)
+    } else {
+        None
+    };
     progress("building the lab (knitd and a client/server pod pair per contender)");
     let topo = Topology::build(
         "bench",
         TopologySpec {
             proxy_workers: scenario.proxy_workers,
             body_bytes: scenario.body_bytes,
+            contenders: scenario.contenders.clone(),
+            proxy_wrapper: scenario.proxy_wrapper.clone(),
         },
+        envoy.as_ref(),
     )?;
     let result = measure_all(&topo, scenario, ticks, progress);
     if result.is_err() {
@@ -164,14 +279,21 @@ pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Result<Report
         machine: procfs::machine(ticks),
         settings: Settings {
             rate: scenario.rate,
+            closed_loop: scenario.closed_loop,
+            handshakes: scenario.handshakes,
             connections: scenario.connections,
             duration_s: scenario.duration.as_secs_f64(),
             warmup_s: scenario.warmup.as_secs_f64(),
             repetitions: scenario.repetitions,
             body_bytes: scenario.body_bytes,
-            protocol: "http/1.1".to_string(),
+            protocol: if scenario.handshakes {
+                "h2, one request per new mutual-TLS connection".to_string()
+            } else {
+                "HTTP/1.1 from the client app".to_string()
+            },
             generator: scenario.generator,
             proxy_worker_threads: scenario.proxy_workers,
+            envoy,
             build: if cfg!(debug_assertions) {
                 "debug"
             } else {
@@ -197,11 +319,9 @@ fn measure_all(
     std::fs::create_dir_all(&scratch)
         .map_err(|e| BenchError::io(format!("creating {}", scratch.display()), e))?;
     if !sc.warmup.is_zero() {
-        for c in Contender::ALL {
+        for &c in &sc.contenders {
             progress(&format!("warming up {} for {:?}", c.name(), sc.warmup));
-            let spec = load_spec(topo, c, sc, sc.warmup)?;
-            let warm =
-                load::start(&topo.lab, &c.client_pod(), sc.generator, &spec, &scratch)?.finish()?;
+            let warm = start_load(topo, c, sc, sc.warmup, &scratch)?.finish()?;
             if warm.ok == 0 {
                 return Err(BenchError::invalid(
                     format!("warm-up of {}", c.name()),
@@ -212,7 +332,7 @@ fn measure_all(
     }
     let mut samples = Vec::new();
     for rep in 0..sc.repetitions {
-        let mut order = Contender::ALL.to_vec();
+        let mut order = sc.contenders.clone();
         let turn = rep as usize % order.len();
         order.rotate_left(turn);
         for c in order {
@@ -245,19 +365,44 @@ fn measure_all(
         }
     }
     let mut security = Vec::new();
-    for c in Contender::ALL {
+    for &c in &sc.contenders {
         security.push((c, topo.server_security(c)?));
     }
     Ok((samples, security))
+}
+
+/// Starts the scenario's load on contender `c` for `duration`.
+fn start_load(
+    topo: &Topology,
+    c: Contender,
+    sc: &Scenario,
+    duration: Duration,
+    scratch: &Path,
+) -> Result<load::Running> {
+    if sc.handshakes {
+        let spec = topo.handshake_spec(c, sc.connections, duration)?;
+        return load::start_handshakes(&topo.lab, &spec, scratch);
+    }
+    let spec = load_spec(topo, c, sc, duration)?;
+    load::start(&topo.lab, &c.client_pod(), sc.generator, &spec, scratch)
 }
 
 fn load_spec(topo: &Topology, c: Contender, sc: &Scenario, duration: Duration) -> Result<LoadSpec> {
     Ok(LoadSpec {
         url: topo.url(c)?,
         rate: sc.rate,
+        closed_loop: sc.closed_loop,
         connections: sc.connections,
         duration,
+        requests: sc.requests,
+        timeout: request_timeout(sc.body_bytes),
     })
+}
+
+/// Per request: the generators' default, plus a second per 10 MiB of body
+/// (a bulk download at a slow 10 MiB/s, as through debug builds).
+fn request_timeout(body_bytes: u64) -> Duration {
+    load::REQUEST_TIMEOUT + Duration::from_secs(body_bytes / (10 << 20))
 }
 
 /// CPU ticks of every process the lab runs, by PID.
@@ -293,7 +438,6 @@ fn measure(
     scratch: &Path,
 ) -> Result<Sample> {
     let proxies = topo.proxies(c)?;
-    let spec = load_spec(topo, c, sc, sc.duration)?;
     for p in &proxies {
         procfs::reset_peak(p.pid)?;
     }
@@ -307,17 +451,24 @@ fn measure(
     let sys_before = procfs::system_cpu()?;
     let started = Instant::now();
 
-    let running = load::start(&topo.lab, &c.client_pod(), sc.generator, &spec, scratch)?;
-    let read_at = started + sc.duration.mul_f64(MEMORY_READ_AT);
-    let now = Instant::now();
-    if read_at > now {
-        std::thread::sleep(read_at - now);
-    }
-    let mem_mid: Vec<ProcMem> = proxies
-        .iter()
-        .map(|p| procfs::proc_mem(p.pid))
-        .collect::<Result<_>>()?;
-    let outcome = running.finish()?;
+    let running = start_load(topo, c, sc, sc.duration, scratch)?;
+    let read_mem =
+        || -> Result<Vec<ProcMem>> { proxies.iter().map(|p| procfs::proc_mem(p.pid)).collect() };
+    // A run bounded by its request count may end long before its
+    // duration: its memory is read when it is done (the peak is kept
+    // either way).
+    let (mem_mid, outcome) = if sc.requests.is_some() {
+        let outcome = running.finish()?;
+        (read_mem()?, outcome)
+    } else {
+        let read_at = started + sc.duration.mul_f64(MEMORY_READ_AT);
+        let now = Instant::now();
+        if read_at > now {
+            std::thread::sleep(read_at - now);
+        }
+        let mem = read_mem()?;
+        (mem, running.finish()?)
+    };
 
     let sys_after = procfs::system_cpu()?;
     let wall = started.elapsed().as_secs_f64().max(1e-3);
@@ -368,7 +519,15 @@ fn measure(
         repetition: 0,
         attempts: 1,
         wall_s: wall,
-        achieved_rps: outcome.sent as f64 / sc.duration.as_secs_f64().max(1e-3),
+        // A closed loop may end before its duration (a fixed number of
+        // requests): the rate is over the time it ran.
+        achieved_rps: outcome.sent as f64
+            / if sc.closed_loop {
+                wall
+            } else {
+                sc.duration.as_secs_f64().max(1e-3)
+            },
+        throughput_mib_s: outcome.bytes_received as f64 / wall / f64::from(1 << 20),
         load: outcome,
         proxies: usage,
         foreign_cores,

@@ -54,6 +54,8 @@ pub struct Pod {
     pub proxy_args: Vec<String>,
     /// Extra environment of the pod's knit-proxy.
     pub proxy_env: Vec<(String, String)>,
+    /// What knit-proxy runs under (a profiler), empty for nothing.
+    pub proxy_wrapper: Vec<String>,
     /// The proxy's token for the mesh CA (sidecar pods): readable by uid
     /// 1337 only; its SHA-256 is in the pod's WorkloadEntry.
     pub token_file: Option<PathBuf>,

@@ -69,6 +69,7 @@ impl Lab {
             init_args: spec.init_args,
             proxy_args: spec.proxy_args,
             proxy_env: spec.proxy_env,
+            proxy_wrapper: spec.proxy_wrapper,
             token_file: None,
             registered_at: Instant::now(),
         };
@@ -210,6 +211,50 @@ impl Lab {
         })
     }
 
+    /// Starts `program args` in `pod`'s network namespace as the proxy's
+    /// uid and gid (1337), so `knit-init`'s capture exempts its traffic the
+    /// way it exempts knit-proxy's, and waits until it listens on
+    /// `listen_port` in the pod. For another proxy measured beside Knit's;
+    /// it is stopped with the pod. Returns its PID.
+    pub fn spawn_as_proxy_uid(
+        &mut self,
+        pod: &str,
+        label: &str,
+        program: &std::path::Path,
+        args: &[String],
+        listen_port: u16,
+    ) -> Result<u32> {
+        crate::spec::validate_dns_label("process label", label)?;
+        let pod = self.pod(pod)?.clone();
+        let tools = &self.shared.tools;
+        let mut cmd = netns::exec_in(tools, &pod.netns, &tools.setpriv);
+        cmd.arg(format!("--reuid={PROXY_UID}"))
+            .arg(format!("--regid={PROXY_UID}"))
+            .args(["--clear-groups", "--"])
+            .arg(program)
+            .args(args);
+        let log = self.logs_dir().join(format!("{}.{label}.log", pod.name));
+        let what = format!("{label} in pod {}", pod.name);
+        let id = self.shared.spawn(&what, cmd, &log, None)?;
+        self.track(&pod.name, id);
+        // `ip netns exec` and `setpriv` both exec, so the PID is the
+        // program's.
+        self.wait_process_ready(
+            id,
+            &format!("{what} to listen on port {listen_port}"),
+            READY_TIMEOUT,
+            |lab| {
+                Ok(lab
+                    .shared
+                    .pid_of(id)
+                    .is_some_and(|pid| crate::apps::listening(pid, listen_port)))
+            },
+        )?;
+        self.shared
+            .pid_of(id)
+            .ok_or_else(|| LabError::invalid(&what, "exited right after it started"))
+    }
+
     fn run_init(&self, pod: &Pod, init: &std::path::Path) -> Result<()> {
         let mut cmd = netns::exec_in(&self.shared.tools, &pod.netns, init);
         cmd.args(&pod.init_args);
@@ -244,6 +289,7 @@ impl Lab {
         cmd.arg(format!("--reuid={PROXY_UID}"))
             .arg(format!("--regid={PROXY_UID}"))
             .args(["--clear-groups", "--"])
+            .args(&pod.proxy_wrapper)
             .arg(proxy)
             .arg("--control-plane")
             .arg(format!("http://{KNITD_GRPC_ADDR}"))

@@ -31,6 +31,9 @@ pub struct PodSpec {
     pub proxy_args: Vec<String>,
     /// Extra environment of knit-proxy (e.g. `TOKIO_WORKER_THREADS=2`).
     pub proxy_env: Vec<(String, String)>,
+    /// A program (and its arguments) knit-proxy runs under, e.g. a
+    /// profiler; empty for none.
+    pub proxy_wrapper: Vec<String>,
 }
 
 impl PodSpec {
@@ -47,7 +50,15 @@ impl PodSpec {
             init_args: Vec::new(),
             proxy_args: Vec::new(),
             proxy_env: Vec::new(),
+            proxy_wrapper: Vec::new(),
         }
+    }
+
+    /// Runs knit-proxy under `wrapper` (a program and its arguments, e.g.
+    /// `valgrind --tool=callgrind`), still as the proxy's uid.
+    pub fn proxy_wrapper(mut self, wrapper: &[String]) -> Self {
+        self.proxy_wrapper = wrapper.to_vec();
+        self
     }
 
     /// Sets a variable in knit-proxy's environment.
