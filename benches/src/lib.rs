@@ -11,6 +11,10 @@
 //! - `knit-mtls`: Knit sidecars on both pods, the mesh hop in mutual TLS
 //!   (the default).
 //!
+//! The control-plane benchmark ([`control_plane`]) stands apart: knitd as
+//! its own process on loopback, serving a large mesh to many simulated
+//! proxies in the benchmark's process.
+//!
 //! The load is open loop at a constant rate, with latency counted from each
 //! request's slot in the schedule (see [`knit_lab::Histogram`]). Around each
 //! measurement the harness reads `/proc`: the CPU time and memory of each
@@ -19,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod control_plane;
 pub mod load;
 pub mod procfs;
 pub mod results;
