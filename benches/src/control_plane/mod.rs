@@ -447,12 +447,14 @@ impl Bench<'_> {
             .load(std::sync::atomic::Ordering::Relaxed);
         (self.progress)(&format!("{proxies} proxies: connecting"));
         let connecting = Instant::now();
+        let meter = UsageMeter::start(&self.knitd)?;
         let grown = self.fleet.grow_to(
             proxies,
             self.spec.connect_concurrency,
             self.spec.connect_deadline,
         );
         scale.connected = self.fleet.tracker.connected();
+        scale.connecting = Some(meter.finish(&self.knitd, self.ticks_per_s)?);
         grown?;
         scale.connect_s = Some((connecting.elapsed().as_secs_f64() * 100.0).round() / 100.0);
         scale.first_push_while_connecting = Some(Stats::of(&self.fleet.first_pushes[before..]));

@@ -235,9 +235,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(3);
 const HEALTHY_STREAM: Duration = Duration::from_secs(5);
 
 /// Runs one proxy until `stop` says so; `first` gets the first decoded
-/// response (or the error that prevented it). A stream that fails after
-/// that is reopened with knit-proxy's backoff, as a real proxy does, and
-/// counted in `reconnects`.
+/// response. A stream that fails, before or after that, is reopened with
+/// knit-proxy's backoff, as a real proxy does, and counted in
+/// `reconnects`.
 pub async fn run_proxy(
     spec: ProxySpec,
     tracker: Arc<Tracker>,
@@ -260,11 +260,8 @@ pub async fn run_proxy(
         if *stop.borrow() {
             return;
         }
-        if let Some(first) = first.take() {
-            // Never configured: the caller decides what that means.
-            let _ = first.send(Err(error));
-            return;
-        }
+        // Whether or not it had a config yet, a real proxy tries again;
+        // whoever waits for the first config bounds how long.
         tracker.record_error(format!("{}: {error}", spec.node.pod_name));
         if opened.elapsed() >= HEALTHY_STREAM {
             failures = 0;
@@ -480,11 +477,20 @@ impl Fleet {
                     ));
                 }
                 Err(_) => {
+                    let first_error = self
+                        .tracker
+                        .first_error
+                        .lock()
+                        .map(|e| e.clone())
+                        .unwrap_or_default()
+                        .unwrap_or_else(|| "none".to_owned());
                     return Err(BenchError::invalid(
                         "proxy fleet",
                         format!(
-                            "only {} of {target} proxies had their first config after {deadline:?}",
-                            self.tracker.connected()
+                            "only {} of {target} proxies had their first config after \
+                             {deadline:?} ({} stream errors, the first: {first_error})",
+                            self.tracker.connected(),
+                            self.tracker.stream_errors.load(Ordering::Relaxed),
                         ),
                     ));
                 }

@@ -137,6 +137,8 @@ pub struct ScaleReport {
     /// Time to connect the proxies added at this scale, each to its first
     /// decoded config.
     pub connect_s: Option<f64>,
+    /// knitd while the proxies connected (RSS max is the window's VmHWM).
+    pub connecting: Option<Usage>,
     /// Per proxy added at this scale, connection to first decoded config,
     /// with others connecting alongside.
     pub first_push_while_connecting: Option<Stats>,
@@ -261,9 +263,20 @@ pub fn markdown(report: &ControlPlaneReport) -> String {
     }
     let _ = writeln!(out);
     for scale in &report.scales {
-        let _ = write!(out, "- {} proxies: ", scale.proxies);
+        let _ = write!(
+            out,
+            "- {} proxies: {} had their first config",
+            scale.proxies, scale.connected
+        );
+        if let Some(usage) = &scale.connecting {
+            let _ = write!(
+                out,
+                " (knitd meanwhile: {:.2} cores, RSS {:.0} MiB, peak {:.0} MiB, over {:.1} s)",
+                usage.knitd_cores, usage.knitd_rss_mib, usage.knitd_peak_rss_mib, usage.seconds
+            );
+        }
         if let Some(connect) = scale.connect_s {
-            let _ = write!(out, "connecting took {connect:.2} s");
+            let _ = write!(out, "; connecting took {connect:.2} s");
             match scale.settle_s {
                 Some(settle) => {
                     let _ = write!(out, ", then knitd was busy another {settle:.2} s");
