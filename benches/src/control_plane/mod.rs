@@ -20,8 +20,10 @@ pub mod knitd;
 pub mod mesh_config;
 pub mod proxies;
 pub mod report;
+mod usage;
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use knitd::{KNITD_POLL_INTERVAL, KnitdProcess, find_knitd};
@@ -30,13 +32,12 @@ use proxies::Fleet;
 pub use report::{
     ChangeFigures, ChurnFigures, ControlPlaneReport, ScaleReport, Settings, Stats, Usage,
 };
+use usage::{SAMPLE_EVERY, UsageMeter};
 
-use crate::procfs::{clock_ticks, machine, self_cpu};
+use crate::procfs::{clock_ticks, machine};
 use crate::results::utc_timestamp;
 use crate::{BenchError, Result};
 
-/// How often knitd's memory is sampled inside a measurement window.
-const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// How often the coordinator looks at the proxies' progress.
 const CHECK_EVERY: Duration = Duration::from_millis(2);
 /// knitd counts as quiet over a window of this length...
@@ -157,56 +158,6 @@ impl Spec {
             ));
         }
         Ok(shape)
-    }
-}
-
-/// knitd's and this process's CPU time and knitd's memory over a window.
-struct UsageMeter {
-    started: Instant,
-    knitd_ticks: u64,
-    self_ticks: u64,
-    rss_max_kib: u64,
-    last_sample: Instant,
-}
-
-impl UsageMeter {
-    fn start(knitd: &KnitdProcess) -> Result<UsageMeter> {
-        knitd.reset_peak()?;
-        let rss = knitd.memory()?.vm_rss_kib;
-        Ok(UsageMeter {
-            started: Instant::now(),
-            knitd_ticks: knitd.cpu_ticks()?,
-            self_ticks: self_cpu()?.own,
-            rss_max_kib: rss,
-            last_sample: Instant::now(),
-        })
-    }
-
-    /// Samples knitd's RSS if a sample is due.
-    fn sample(&mut self, knitd: &KnitdProcess) -> Result<()> {
-        if self.last_sample.elapsed() >= SAMPLE_EVERY {
-            self.last_sample = Instant::now();
-            self.rss_max_kib = self.rss_max_kib.max(knitd.memory()?.vm_rss_kib);
-        }
-        Ok(())
-    }
-
-    fn finish(self, knitd: &KnitdProcess, ticks_per_s: u64) -> Result<Usage> {
-        let seconds = self.started.elapsed().as_secs_f64();
-        let memory = knitd.memory()?;
-        let cores = |ticks: u64| ticks as f64 / ticks_per_s as f64 / seconds.max(1e-9);
-        let mib = |kib: u64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
-        Ok(Usage {
-            seconds: (seconds * 100.0).round() / 100.0,
-            knitd_cores: (cores(knitd.cpu_ticks()?.saturating_sub(self.knitd_ticks)) * 1000.0)
-                .round()
-                / 1000.0,
-            bench_cores: (cores(self_cpu()?.own.saturating_sub(self.self_ticks)) * 1000.0).round()
-                / 1000.0,
-            knitd_rss_mib: mib(memory.vm_rss_kib),
-            knitd_rss_max_mib: mib(self.rss_max_kib.max(memory.vm_rss_kib)),
-            knitd_peak_rss_mib: mib(memory.vm_hwm_kib),
-        })
     }
 }
 
@@ -435,16 +386,8 @@ impl Bench<'_> {
     /// so a failure keeps what was measured.
     fn measure_scale(&mut self, proxies: u32, scale: &mut ScaleReport) -> Result<()> {
         let before = self.fleet.first_pushes.len();
-        let responses_before = self
-            .fleet
-            .tracker
-            .responses
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let bytes_before = self
-            .fleet
-            .tracker
-            .response_bytes
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let responses_before = self.fleet.tracker.responses.load(Ordering::Relaxed);
+        let bytes_before = self.fleet.tracker.response_bytes.load(Ordering::Relaxed);
         (self.progress)(&format!("{proxies} proxies: connecting"));
         let connecting = Instant::now();
         let meter = UsageMeter::start(&self.knitd)?;
@@ -458,18 +401,8 @@ impl Bench<'_> {
         grown?;
         scale.connect_s = Some((connecting.elapsed().as_secs_f64() * 100.0).round() / 100.0);
         scale.first_push_while_connecting = Some(Stats::of(&self.fleet.first_pushes[before..]));
-        let responses = self
-            .fleet
-            .tracker
-            .responses
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - responses_before;
-        let bytes = self
-            .fleet
-            .tracker
-            .response_bytes
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - bytes_before;
+        let responses = self.fleet.tracker.responses.load(Ordering::Relaxed) - responses_before;
+        let bytes = self.fleet.tracker.response_bytes.load(Ordering::Relaxed) - bytes_before;
         scale.response_bytes = bytes.checked_div(responses);
 
         (self.progress)(&format!("{proxies} proxies: waiting for knitd to settle"));
@@ -617,16 +550,10 @@ pub fn run(spec: &Spec, progress: &mut dyn FnMut(&str)) -> Result<ControlPlaneRe
         };
         let outcome = bench.measure_scale(proxies, &mut scale);
         let tracker = &bench.fleet.tracker;
-        scale.responses_decoded = tracker.responses.load(std::sync::atomic::Ordering::Relaxed);
-        scale.mismatched_responses = tracker
-            .mismatched
-            .load(std::sync::atomic::Ordering::Relaxed);
-        scale.stream_errors = tracker
-            .stream_errors
-            .load(std::sync::atomic::Ordering::Relaxed);
-        scale.reconnects = tracker
-            .reconnects
-            .load(std::sync::atomic::Ordering::Relaxed);
+        scale.responses_decoded = tracker.responses.load(Ordering::Relaxed);
+        scale.mismatched_responses = tracker.mismatched.load(Ordering::Relaxed);
+        scale.stream_errors = tracker.stream_errors.load(Ordering::Relaxed);
+        scale.reconnects = tracker.reconnects.load(Ordering::Relaxed);
         scale.first_stream_error = tracker
             .first_error
             .lock()

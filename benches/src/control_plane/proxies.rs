@@ -234,15 +234,15 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(3);
 const HEALTHY_STREAM: Duration = Duration::from_secs(5);
 
-/// Runs one proxy until `stop` says so; `first` gets the first decoded
-/// response. A stream that fails, before or after that, is reopened with
+/// Runs one proxy until `stop` says so; `first` gets the timing of the
+/// first decoded response. A stream that fails, before or after that, is reopened with
 /// knit-proxy's backoff, as a real proxy does, and counted in
 /// `reconnects`.
 pub async fn run_proxy(
     spec: ProxySpec,
     tracker: Arc<Tracker>,
     mut stop: watch::Receiver<bool>,
-    first: oneshot::Sender<std::result::Result<FirstPush, String>>,
+    first: oneshot::Sender<FirstPush>,
 ) {
     let mut first = Some(first);
     let mut session = Session {
@@ -293,7 +293,7 @@ async fn stream(
     spec: &ProxySpec,
     tracker: &Tracker,
     stop: &mut watch::Receiver<bool>,
-    first: &mut Option<oneshot::Sender<std::result::Result<FirstPush, String>>>,
+    first: &mut Option<oneshot::Sender<FirstPush>>,
     session: &mut Session,
 ) -> std::result::Result<(), String> {
     let opened = Instant::now();
@@ -379,10 +379,10 @@ async fn stream(
             if spec.tracked {
                 tracker.connected.fetch_add(1, Ordering::Relaxed);
             }
-            let _ = first.send(Ok(FirstPush {
+            let _ = first.send(FirstPush {
                 elapsed: received - opened,
                 bytes,
-            }));
+            });
         }
         if spec.tracked {
             tracker.observe(
@@ -425,11 +425,7 @@ impl Fleet {
         }
     }
 
-    fn spawn(
-        &mut self,
-        endpoint: u32,
-        tracked: bool,
-    ) -> oneshot::Receiver<std::result::Result<FirstPush, String>> {
+    fn spawn(&mut self, endpoint: u32, tracked: bool) -> oneshot::Receiver<FirstPush> {
         let (first, first_rx) = oneshot::channel();
         let spec = ProxySpec {
             grpc_addr: self.grpc_addr,
@@ -466,10 +462,7 @@ impl Fleet {
                 .runtime
                 .block_on(async { tokio::time::timeout(left, first).await });
             match outcome {
-                Ok(Ok(Ok(push))) => self.first_pushes.push(push.elapsed),
-                Ok(Ok(Err(error))) => {
-                    return Err(BenchError::invalid("simulated proxy", error));
-                }
+                Ok(Ok(push)) => self.first_pushes.push(push.elapsed),
                 Ok(Err(_)) => {
                     return Err(BenchError::invalid(
                         "simulated proxy",
@@ -521,8 +514,7 @@ impl Fleet {
             .runtime
             .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
         match outcome {
-            Ok(Ok(Ok(push))) => Ok(push),
-            Ok(Ok(Err(error))) => Err(BenchError::invalid("full-push probe", error)),
+            Ok(Ok(push)) => Ok(push),
             Ok(Err(_)) => Err(BenchError::invalid(
                 "full-push probe",
                 "its task ended before its first response",
