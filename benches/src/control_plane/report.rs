@@ -81,6 +81,8 @@ pub struct Usage {
     pub knitd_cores: f64,
     /// The benchmark process's (the simulated proxies') CPU, likewise.
     pub bench_cores: f64,
+    /// Every other process on the machine, likewise (foreign load).
+    pub other_cores: f64,
     /// VmRSS at the end of the window.
     pub knitd_rss_mib: f64,
     /// The largest VmRSS sampled during the window (every 250 ms).
@@ -291,20 +293,26 @@ pub fn markdown(report: &ControlPlaneReport) -> String {
             let _ = write!(
                 out,
                 "; {} of {} one-at-a-time changes fully ACKed ({} of {} ACKs), written → first \
-                 receipt {}, knitd busy after the last ACK {}",
+                 receipt {}, knitd busy after the last ACK {}, other processes {:.2} cores",
                 latency.fully_acked,
                 latency.changes,
                 latency.acks_received,
                 latency.acks_expected,
                 latency.written_to_first_seen.cell(),
-                latency.knitd_busy_after_last_ack.cell()
+                latency.knitd_busy_after_last_ack.cell(),
+                latency.usage.other_cores
             );
         }
         if let Some(churn) = &scale.churn {
             let _ = write!(
                 out,
-                "; churn {}/s: {} of {} changes fully ACKed, bench process {:.2} cores",
-                churn.rate_per_s, churn.fully_acked, churn.changes, churn.usage.bench_cores
+                "; churn {}/s: {} of {} changes fully ACKed, bench process {:.2} cores, \
+                 other processes {:.2} cores",
+                churn.rate_per_s,
+                churn.fully_acked,
+                churn.changes,
+                churn.usage.bench_cores,
+                churn.usage.other_cores
             );
             if let Some(drain) = churn.drain_s {
                 let _ = write!(out, ", drained {drain:.1} s after the last change");

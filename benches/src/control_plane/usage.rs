@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::knitd::KnitdProcess;
 use super::report::Usage;
 use crate::Result;
-use crate::procfs::self_cpu;
+use crate::procfs::{self_cpu, system_cpu};
 
 /// How often knitd's memory is sampled inside a measurement window.
 pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(250);
@@ -16,6 +16,8 @@ pub(crate) struct UsageMeter {
     started: Instant,
     knitd_ticks: u64,
     self_ticks: u64,
+    /// The whole machine's task time (user, nice, system).
+    machine_ticks: u64,
     rss_max_kib: u64,
     last_sample: Instant,
 }
@@ -28,6 +30,7 @@ impl UsageMeter {
             started: Instant::now(),
             knitd_ticks: knitd.cpu_ticks()?,
             self_ticks: self_cpu()?.own,
+            machine_ticks: system_cpu()?.task_time(),
             rss_max_kib: rss,
             last_sample: Instant::now(),
         })
@@ -47,13 +50,18 @@ impl UsageMeter {
         let memory = knitd.memory()?;
         let cores = |ticks: u64| ticks as f64 / ticks_per_s as f64 / seconds.max(1e-9);
         let mib = |kib: u64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
+        let knitd_ticks = knitd.cpu_ticks()?.saturating_sub(self.knitd_ticks);
+        let self_ticks = self_cpu()?.own.saturating_sub(self.self_ticks);
+        let machine_ticks = system_cpu()?.task_time().saturating_sub(self.machine_ticks);
+        // Whatever else ran on the machine meanwhile (other benchmarks,
+        // builds): it competes with knitd for the same cores.
+        let other_ticks = machine_ticks.saturating_sub(knitd_ticks + self_ticks);
+        let thousandths = |value: f64| (value * 1000.0).round() / 1000.0;
         Ok(Usage {
             seconds: (seconds * 100.0).round() / 100.0,
-            knitd_cores: (cores(knitd.cpu_ticks()?.saturating_sub(self.knitd_ticks)) * 1000.0)
-                .round()
-                / 1000.0,
-            bench_cores: (cores(self_cpu()?.own.saturating_sub(self.self_ticks)) * 1000.0).round()
-                / 1000.0,
+            knitd_cores: thousandths(cores(knitd_ticks)),
+            bench_cores: thousandths(cores(self_ticks)),
+            other_cores: thousandths(cores(other_ticks)),
             knitd_rss_mib: mib(memory.vm_rss_kib),
             knitd_rss_max_mib: mib(self.rss_max_kib.max(memory.vm_rss_kib)),
             knitd_peak_rss_mib: mib(memory.vm_hwm_kib),
