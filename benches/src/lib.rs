@@ -13,6 +13,10 @@
 //! - `envoy-mtls`: an Envoy pair configured like Istio's sidecars, TLS 1.3
 //!   mutual TLS between them (see [`envoy`]).
 //!
+//! The control-plane benchmark ([`control_plane`]) stands apart: knitd as
+//! its own process on loopback, serving a large mesh to many simulated
+//! proxies in the benchmark's process.
+//!
 //! The load is open loop at a constant rate, with latency counted from each
 //! request's slot in the schedule (see [`knit_lab::Histogram`]). Around each
 //! measurement the harness reads `/proc`: the CPU time and memory of each
@@ -21,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod control_plane;
 pub mod envoy;
 pub mod handshake;
 pub mod load;
