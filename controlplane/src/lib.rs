@@ -175,9 +175,16 @@ impl Knitd {
             let server = tonic::transport::Server::builder()
                 .add_service(DiscoveryServer::new(discovery.clone()))
                 .add_service(CertificatesServer::new(certificates.clone()))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-                    shutdown::shutdown_requested(&mut stopped).await
-                });
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(grpc_listener).map(|accepted| {
+                        accepted.inspect(|stream| {
+                            // A config push is many small writes; Nagle
+                            // would hold the tail for the peer's delayed ACK.
+                            let _ = stream.set_nodelay(true);
+                        })
+                    }),
+                    async move { shutdown::shutdown_requested(&mut stopped).await },
+                );
             async move { ("discovery gRPC server", server.await.map_err(Error::from)) }
         });
         let mut grpc_tls_addr = None;

@@ -215,15 +215,43 @@ fn hold_if_waiting(
     published
 }
 
+/// One table and every proxy that may be running it. Proxies nearly
+/// always share a handful of tables (the current one, the one before), so
+/// planning per table instead of per proxy keeps a recompute at
+/// O(workloads × tables), not O(workloads × proxies), and a recompute
+/// runs on every ACK.
+struct TableUse<'a> {
+    table: &'a MtlsTable,
+    nodes: Vec<&'a WorkloadKey>,
+}
+
+fn group_by_table<'a>(in_use: &[InUse<'a>]) -> Vec<TableUse<'a>> {
+    let mut groups: Vec<TableUse<'a>> = Vec::new();
+    for u in in_use {
+        // By address only: equal tables are nearly always one `Arc`, and
+        // comparing contents would cost a walk of the whole table. Equal
+        // tables apart only make two groups.
+        match groups.iter_mut().find(|g| std::ptr::eq(g.table, u.table)) {
+            Some(group) => group.nodes.push(u.node),
+            None => groups.push(TableUse {
+                table: u.table,
+                nodes: vec![u.node],
+            }),
+        }
+    }
+    groups
+}
+
 /// The safe table to publish given what proxies may be using. Holds in
 /// `released` are reported but not applied.
 pub fn plan(desired: &MtlsTable, in_use: &[InUse<'_>], released: &BTreeSet<HoldKey>) -> Plan {
+    let groups = group_by_table(in_use);
     let mut table = MtlsTable::default();
     let mut holds = Vec::new();
     let name = |node: &WorkloadKey| format!("{}/{}", node.0, node.1);
     for (key, server_desired) in &desired.server {
         let client_desired = desired.client.get(key).unwrap_or(server_desired);
-        let slots = port_slots(key, desired, in_use.iter().map(|u| u.table));
+        let slots = port_slots(key, desired, groups.iter().map(|g| g.table));
         let mut server_row = BTreeMap::new();
         let mut client_row = BTreeMap::new();
         for slot in slots {
@@ -238,15 +266,15 @@ pub fn plan(desired: &MtlsTable, in_use: &[InUse<'_>], released: &BTreeSet<HoldK
                 mode_at(server_desired, slot),
                 MtlsMode::Strict,
                 || {
-                    in_use
+                    groups
                         .iter()
-                        .filter(|u| {
-                            u.table
+                        .filter(|g| {
+                            g.table
                                 .client
                                 .get(key)
                                 .is_some_and(|m| mode_at(m, slot) == MtlsMode::Disable)
                         })
-                        .map(|u| name(u.node))
+                        .flat_map(|g| g.nodes.iter().map(|node| name(node)))
                         .collect()
                 },
                 hold_key(Side::Server),
@@ -260,16 +288,16 @@ pub fn plan(desired: &MtlsTable, in_use: &[InUse<'_>], released: &BTreeSet<HoldK
                 mode_at(client_desired, slot),
                 MtlsMode::Disable,
                 || {
-                    in_use
+                    groups
                         .iter()
-                        .filter(|u| u.node == key)
-                        .filter(|u| {
-                            u.table
+                        .filter(|g| {
+                            g.table
                                 .server
                                 .get(key)
                                 .is_some_and(|m| mode_at(m, slot) == MtlsMode::Strict)
                         })
-                        .map(|u| name(u.node))
+                        .flat_map(|g| g.nodes.iter().filter(|node| **node == key))
+                        .map(|node| name(node))
                         .collect()
                 },
                 hold_key(Side::Client),

@@ -214,6 +214,8 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // As on the plaintext port: no Nagle delay on config pushes.
+        let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let connections = connections.clone();
         handshakes.spawn(async move {

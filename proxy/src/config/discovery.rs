@@ -19,6 +19,10 @@ use crate::stats::inc;
 
 /// How long a stream must last before the reconnect backoff starts over.
 const HEALTHY_STREAM: Duration = Duration::from_secs(5);
+/// The largest config the proxy accepts: a whole mesh's services and
+/// endpoints arrive in one message (about 70 bytes per endpoint), and
+/// gRPC's default 4 MiB would cut a mesh off at ~60 000 endpoints.
+const MAX_CONFIG_MESSAGE_BYTES: usize = 64 << 20;
 
 pub struct ControlPlaneClient {
     target: ControlPlaneTarget,
@@ -76,7 +80,8 @@ impl ControlPlaneClient {
             .http2_keep_alive_interval(Duration::from_secs(15))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect().await?;
-        let mut client = DiscoveryClient::new(channel);
+        let mut client =
+            DiscoveryClient::new(channel).max_decoding_message_size(MAX_CONFIG_MESSAGE_BYTES);
         let (requests, rx) = mpsc::channel(4);
         let hello = v1::DiscoveryRequest {
             node: Some(self.node.clone()),
