@@ -44,6 +44,9 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// At most this many requests (closed loop), e.g. a bulk download.
     pub requests: Option<u64>,
+    /// Each request downloads this many pattern bytes from `/bytes/<n>`,
+    /// streamed and checked by the lab client (bodies too big to buffer).
+    pub download: Option<u64>,
     /// Per request.
     pub timeout: Duration,
 }
@@ -159,6 +162,9 @@ pub fn start(
     match generator {
         Generator::Lab => {
             let mut client = ClientSpec::new(&spec.url);
+            if let Some(n) = spec.download {
+                client = client.download(n);
+            }
             if !spec.closed_loop {
                 client = client.rate(spec.rate);
             }
@@ -413,6 +419,7 @@ mod tests {
             connections: 16,
             duration: Duration::from_secs(30),
             requests: None,
+            download: None,
             timeout: REQUEST_TIMEOUT,
         };
         assert_eq!(spec.count(), 30_000);

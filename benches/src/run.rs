@@ -20,6 +20,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(600);
 pub const MAX_RATE: u64 = 100_000;
 pub const MAX_CONNECTIONS: u64 = 1024;
 pub const MAX_BODY_BYTES: u64 = 1 << 30;
+/// Bodies above this are streamed and checked instead of buffered.
+const STREAMED_BODY_BYTES: u64 = 1 << 20;
 /// Measurements made again when one was disturbed.
 const DISTURBED_RETRIES: u32 = 1;
 /// Foreign load above this many cores marks a measurement as disturbed
@@ -395,6 +397,8 @@ fn load_spec(topo: &Topology, c: Contender, sc: &Scenario, duration: Duration) -
         connections: sc.connections,
         duration,
         requests: sc.requests,
+        // Bulk bodies stream through the client's checked download.
+        download: (sc.body_bytes > STREAMED_BODY_BYTES).then_some(sc.body_bytes),
         timeout: request_timeout(sc.body_bytes),
     })
 }
