@@ -375,6 +375,33 @@ struct Inner {
     /// When each currently called-for hold was first seen.
     hold_since: HashMap<HoldKey, Instant>,
     released: BTreeSet<HoldKey>,
+    /// What the last plan was made from: every (stream, table) pair in
+    /// use. The `Arc`s keep those tables alive, so an address seen here is
+    /// never reused by another table.
+    planned_from: Vec<(u64, Arc<MtlsTable>)>,
+}
+
+impl Inner {
+    /// Every (stream, table) pair in use, in a canonical order.
+    fn in_use_pairs(&self) -> Vec<(u64, Arc<MtlsTable>)> {
+        let mut pairs: Vec<(u64, Arc<MtlsTable>)> = self
+            .streams
+            .iter()
+            .flat_map(|(id, s)| s.in_use().map(move |t| (*id, Arc::clone(t))))
+            .collect();
+        pairs.sort_by_key(|(id, t)| (*id, Arc::as_ptr(t) as usize));
+        pairs.dedup_by(|a, b| a.0 == b.0 && Arc::ptr_eq(&a.1, &b.1));
+        pairs
+    }
+}
+
+/// Whether two lists of pairs name the same streams and the very same
+/// tables.
+fn same_pairs(a: &[(u64, Arc<MtlsTable>)], b: &[(u64, Arc<MtlsTable>)]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.0 == y.0 && Arc::ptr_eq(&x.1, &y.1))
 }
 
 /// The sequencer: the current `Published`, recomputed on every config
@@ -398,6 +425,7 @@ impl Rollout {
                 streams: HashMap::new(),
                 hold_since: HashMap::new(),
                 released: BTreeSet::new(),
+                planned_from: Vec::new(),
             }),
             current: ArcSwap::from_pointee(published),
             changed: watch::Sender::new(()),
@@ -473,7 +501,7 @@ impl Rollout {
         }
         inner.desired = MtlsTable::desired(&snapshot);
         inner.snapshot = snapshot;
-        self.republish(&mut inner, Instant::now());
+        self.republish(&mut inner, Instant::now(), Replan::Always);
     }
 
     /// What to send on stream `id` (of proxy `node`) with `nonce`, recorded
@@ -522,7 +550,8 @@ impl Rollout {
             .take()
             .into_iter()
             .chain(stream.pending.drain(..).map(|(_, t)| t))
-            .filter(|table| **table != *running)
+            // Addresses first: an unchanged table is the same `Arc`.
+            .filter(|table| !Arc::ptr_eq(table, &running) && **table != *running)
             .collect::<Vec<_>>();
         if !self.drain.is_zero() {
             let until = now + self.drain;
@@ -532,7 +561,7 @@ impl Rollout {
         }
         stream.acked = Some(running);
         stream.pending = later;
-        self.republish(&mut inner, now);
+        self.republish(&mut inner, now, Replan::IfInUseChanged);
     }
 
     /// Stream `id` rejected `nonce`: it keeps running what it had.
@@ -542,14 +571,14 @@ impl Rollout {
             return;
         };
         stream.pending.retain(|(n, _)| n != nonce);
-        self.republish(&mut inner, Instant::now());
+        self.republish(&mut inner, Instant::now(), Replan::IfInUseChanged);
     }
 
     /// Stream `id` ended.
     pub fn removed(&self, id: u64) {
         let mut inner = self.lock();
         if inner.streams.remove(&id).is_some() {
-            self.republish(&mut inner, Instant::now());
+            self.republish(&mut inner, Instant::now(), Replan::IfInUseChanged);
         }
     }
 
@@ -566,14 +595,26 @@ impl Rollout {
             .iter()
             .any(|(key, since)| !inner.released.contains(key) && now - *since >= self.timeout);
         if drained || expired {
-            self.republish(&mut inner, now);
+            self.republish(&mut inner, now, Replan::Always);
         }
     }
 
-    fn republish(&self, inner: &mut Inner, now: Instant) {
+    /// Plans again and publishes the result if it differs. The plan is a
+    /// function of the desired table, the released holds and the
+    /// (stream, table) pairs in use, so with `IfInUseChanged` it is skipped
+    /// when those pairs are the very ones of the last plan: an ACK of the
+    /// current table usually only moves a table from "sent" to "running"
+    /// and the old one to "draining", and with hundreds of proxies ACKing
+    /// every change, planning each time would dominate knitd's CPU.
+    fn republish(&self, inner: &mut Inner, now: Instant, when: Replan) {
         for stream in inner.streams.values_mut() {
             stream.draining.retain(|(until, _)| *until > now);
         }
+        let pairs = inner.in_use_pairs();
+        if when == Replan::IfInUseChanged && same_pairs(&pairs, &inner.planned_from) {
+            return;
+        }
+        inner.planned_from = pairs;
         let plan_now = |inner: &Inner| {
             let in_use: Vec<InUse<'_>> = inner
                 .streams
@@ -654,6 +695,15 @@ impl Rollout {
         }));
         self.changed.send_replace(());
     }
+}
+
+/// When [`Rollout::republish`] must plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replan {
+    /// The config changed, a drain ended or a hold expired.
+    Always,
+    /// A stream's tables changed; skip if the pairs in use did not.
+    IfInUseChanged,
 }
 
 #[cfg(test)]
