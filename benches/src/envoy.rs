@@ -231,34 +231,10 @@ pub fn write_pair(
     write_file(&ca_pem, ca_cert.pem().as_bytes(), 0o644)?;
     let issuer = Issuer::new(ca, ca_key);
 
-    let leaf = |name: &str, sa: &str| -> Result<(PathBuf, PathBuf)> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| tls("Envoy leaf key", e))?;
-        let mut params = CertificateParams::default();
-        let uri = spiffe_id(sa).try_into().map_err(|e| tls("SPIFFE ID", e))?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(|e| tls("Envoy leaf", e))?;
-        let (cert_path, key_path) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        );
-        write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
-        // A throw-away key for a benchmark: readable by the proxy's uid.
-        write_file(&key_path, key.serialize_pem().as_bytes(), 0o644)?;
-        Ok((cert_path, key_path))
-    };
-    let (client_cert, client_key) = leaf("client", client_sa)?;
-    let (server_cert, server_key) = leaf("server", server_sa)?;
+    let (client_cert, client_key) =
+        write_workload_leaf(&issuer, dir, "client", &spiffe_id(client_sa))?;
+    let (server_cert, server_key) =
+        write_workload_leaf(&issuer, dir, "server", &spiffe_id(server_sa))?;
 
     let client_yaml = client_bootstrap(
         &BootstrapFiles {
@@ -289,6 +265,46 @@ pub fn write_pair(
             bootstrap: server_boot,
         },
     ))
+}
+
+/// Signs a workload certificate for `spiffe_id` with `issuer`, as knitd
+/// would (ECDSA P-256, the ID as URI SAN, client and server auth), and
+/// writes `<name>.pem` and `<name>.key` into the existing `dir`: (cert,
+/// key).
+pub(crate) fn write_workload_leaf(
+    issuer: &Issuer<'_, KeyPair>,
+    dir: &Path,
+    name: &str,
+    spiffe_id: &str,
+) -> Result<(PathBuf, PathBuf)> {
+    let tls = |what: &str, e: rcgen::Error| BenchError::invalid(what, e.to_string());
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| tls("workload key", e))?;
+    let mut params = CertificateParams::default();
+    let uri = spiffe_id
+        .to_string()
+        .try_into()
+        .map_err(|e| tls("SPIFFE ID", e))?;
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params
+        .signed_by(&key, issuer)
+        .map_err(|e| tls("workload certificate", e))?;
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    // A throw-away key for a benchmark: readable by the proxy's uid.
+    write_file(&key_path, key.serialize_pem().as_bytes(), 0o644)?;
+    Ok((cert_path, key_path))
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {

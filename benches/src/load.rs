@@ -111,20 +111,39 @@ impl LoadOutcome {
 pub enum Running {
     Lab(knit_lab::ClientHandle),
     /// `knit-bench handshake-client` in the lab's node namespace.
-    Handshake {
-        child: std::process::Child,
-        command: String,
-        deadline: Instant,
-        output: PathBuf,
-        log: PathBuf,
-    },
-    Oha {
-        child: std::process::Child,
-        command: String,
-        deadline: Instant,
-        output: PathBuf,
-        log: PathBuf,
-    },
+    Handshake(GeneratorProcess),
+    Oha(GeneratorProcess),
+}
+
+/// A generator run as a child process that writes its report to a file.
+pub struct GeneratorProcess {
+    child: std::process::Child,
+    command: String,
+    /// When it is killed if still running.
+    deadline: Instant,
+    output: PathBuf,
+    log: PathBuf,
+}
+
+impl GeneratorProcess {
+    fn spawn(mut cmd: Command, duration: Duration, output: PathBuf, log: PathBuf) -> Result<Self> {
+        let command = format!("{cmd:?}");
+        let child = cmd.spawn().map_err(|e| BenchError::io(&command, e))?;
+        Ok(GeneratorProcess {
+            child,
+            command,
+            deadline: Instant::now() + duration + GENERATOR_MARGIN,
+            output,
+            log,
+        })
+    }
+
+    /// Waits for it (killing it past its deadline) and returns its report.
+    fn report(mut self) -> Result<String> {
+        wait_child(&mut self.child, &self.command, self.deadline, &self.log)?;
+        std::fs::read_to_string(&self.output)
+            .map_err(|e| BenchError::io(self.output.display().to_string(), e))
+    }
 }
 
 /// Finds oha in `$PATH` or in `~/.cargo/bin`.
@@ -204,15 +223,12 @@ pub fn start(
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log_file));
-            let command = format!("{cmd:?}");
-            let child = cmd.spawn().map_err(|e| BenchError::io(&command, e))?;
-            Ok(Running::Oha {
-                child,
-                command,
-                deadline: Instant::now() + spec.duration + GENERATOR_MARGIN,
+            Ok(Running::Oha(GeneratorProcess::spawn(
+                cmd,
+                spec.duration,
                 output,
                 log,
-            })
+            )?))
         }
     }
 }
@@ -240,15 +256,12 @@ pub fn start_handshakes(
         .stdin(Stdio::null())
         .stdout(Stdio::from(out_file))
         .stderr(Stdio::from(log_file));
-    let command = format!("{cmd:?}");
-    let child = cmd.spawn().map_err(|e| BenchError::io(&command, e))?;
-    Ok(Running::Handshake {
-        child,
-        command,
-        deadline: Instant::now() + spec.duration + GENERATOR_MARGIN,
+    Ok(Running::Handshake(GeneratorProcess::spawn(
+        cmd,
+        spec.duration,
         output,
         log,
-    })
+    )?))
 }
 
 /// Waits for `child` until `deadline`, killing it past that.
@@ -304,16 +317,8 @@ impl Running {
                 out.bytes_received = r.bytes_received;
                 Ok(out)
             }
-            Running::Handshake {
-                mut child,
-                command,
-                deadline,
-                output,
-                log,
-            } => {
-                wait_child(&mut child, &command, deadline, &log)?;
-                let text = std::fs::read_to_string(&output)
-                    .map_err(|e| BenchError::io(output.display().to_string(), e))?;
+            Running::Handshake(process) => {
+                let text = process.report()?;
                 let r: crate::handshake::HandshakeReport = serde_json::from_str(&text)
                     .map_err(|e| BenchError::parse("the handshake client's report", e))?;
                 let mut out = LoadOutcome::from_histogram(&r.latency);
@@ -324,18 +329,7 @@ impl Running {
                 out.bytes_received = r.bytes_received;
                 Ok(out)
             }
-            Running::Oha {
-                mut child,
-                command,
-                deadline,
-                output,
-                log,
-            } => {
-                wait_child(&mut child, &command, deadline, &log)?;
-                let text = std::fs::read_to_string(&output)
-                    .map_err(|e| BenchError::io(output.display().to_string(), e))?;
-                parse_oha(&text)
-            }
+            Running::Oha(process) => parse_oha(&process.report()?),
         }
     }
 }

@@ -191,34 +191,25 @@ pub fn summarize(samples: &[Sample], security: &[(Contender, Vec<(String, u64)>)
                         .collect();
                     median(&v)
                 };
+                // A rate of the sample over this side's busy cores.
+                let per_core = |rate: &dyn Fn(&Sample) -> f64| {
+                    let v: Vec<f64> = mine
+                        .iter()
+                        .flat_map(|s| {
+                            s.proxies
+                                .iter()
+                                .filter(|p| &p.side == side && p.cores > 0.0)
+                                .map(|p| rate(s) / p.cores)
+                        })
+                        .collect();
+                    median(&v)
+                };
                 ProxySummary {
                     side: side.clone(),
                     cores: pm(&|p| p.cores),
                     cores_per_krps: pm(&|p| p.cores_per_krps),
-                    rps_per_core: {
-                        let v: Vec<f64> = mine
-                            .iter()
-                            .flat_map(|s| {
-                                s.proxies
-                                    .iter()
-                                    .filter(|p| &p.side == side && p.cores > 0.0)
-                                    .map(|p| s.load.ok as f64 / s.wall_s / p.cores)
-                            })
-                            .collect();
-                        median(&v)
-                    },
-                    mib_s_per_core: {
-                        let v: Vec<f64> = mine
-                            .iter()
-                            .flat_map(|s| {
-                                s.proxies
-                                    .iter()
-                                    .filter(|p| &p.side == side && p.cores > 0.0)
-                                    .map(|p| s.throughput_mib_s / p.cores)
-                            })
-                            .collect();
-                        median(&v)
-                    },
+                    rps_per_core: per_core(&|s| s.load.ok as f64 / s.wall_s),
+                    mib_s_per_core: per_core(&|s| s.throughput_mib_s),
                     rss_mib: pm(&|p| p.rss_mib),
                     rss_anon_mib: pm(&|p| p.rss_anon_mib),
                     peak_rss_mib: pm(&|p| p.peak_rss_mib),

@@ -6,9 +6,7 @@ use std::time::Duration;
 use std::path::{Path, PathBuf};
 
 use knit_lab::{KnitdCa, Lab, PodSpec, RootCa, ServiceSpec, wait_until};
-use rcgen::{
-    CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::{Issuer, KeyPair};
 use serde::{Deserialize, Serialize};
 
 use crate::envoy::{self, EnvoyBinary};
@@ -419,9 +417,8 @@ fn start_envoy_pair(
     Ok((procs, (client, dir.join("ca.pem"))))
 }
 
-/// Signs a workload certificate for `spiffe_id` with `root`'s key (as
-/// knitd would: ECDSA P-256, the ID as URI SAN, client and server auth)
-/// and writes `<name>.pem` and `<name>.key` into `dir`.
+/// Signs a workload certificate for `spiffe_id` with `root`'s key and
+/// writes `<name>.pem` and `<name>.key` into `dir`.
 fn sign_workload_leaf(
     root: &RootCa,
     dir: &Path,
@@ -436,38 +433,9 @@ fn sign_workload_leaf(
     let root_key = KeyPair::from_pem(&read(&root.key)?).map_err(|e| tls("root key", e))?;
     let issuer =
         Issuer::from_ca_cert_pem(&read(&root.cert)?, root_key).map_err(|e| tls("root", e))?;
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| tls("workload key", e))?;
-    let mut params = CertificateParams::default();
-    let uri = spiffe_id
-        .to_string()
-        .try_into()
-        .map_err(|e| tls("SPIFFE ID", e))?;
-    params.subject_alt_names = vec![SanType::URI(uri)];
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(|e| tls("workload certificate", e))?;
     std::fs::create_dir_all(dir)
         .map_err(|e| BenchError::io(format!("creating {}", dir.display()), e))?;
-    let (cert_path, key_path) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    for (path, text) in [(&cert_path, cert.pem()), (&key_path, key.serialize_pem())] {
-        std::fs::write(path, text).map_err(|source| BenchError::Write {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    Ok((cert_path, key_path))
+    envoy::write_workload_leaf(&issuer, dir, name, spiffe_id)
 }
 
 #[cfg(test)]
