@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, TE};
 use http::{Method, Uri};
 
 pub use crate::client_run::run;
@@ -58,6 +58,9 @@ pub struct ClientSpec {
     pub upload: Option<u64>,
     /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
     pub http2: bool,
+    /// Call the Echo service's unary method (h2c) with an n-byte message
+    /// and check the status and the echo (see [`crate::grpc_frame`]).
+    pub grpc_unary: Option<u64>,
 }
 
 impl ClientSpec {
@@ -78,6 +81,7 @@ impl ClientSpec {
             download: None,
             upload: None,
             http2: false,
+            grpc_unary: None,
         }
     }
 
@@ -90,6 +94,12 @@ impl ClientSpec {
     /// Each request uploads `n` pattern bytes to `/sha256`.
     pub fn upload(mut self, n: u64) -> Self {
         self.upload = Some(n);
+        self
+    }
+
+    /// Each request is a gRPC unary call echoing `n` bytes.
+    pub fn grpc_unary(mut self, n: u64) -> Self {
+        self.grpc_unary = Some(n);
         self
     }
 
@@ -196,6 +206,10 @@ impl ClientSpec {
         if self.http2 {
             args.push("--http2".to_string());
         }
+        if let Some(n) = self.grpc_unary {
+            args.push("--grpc-unary".to_string());
+            args.push(n.to_string());
+        }
         args
     }
 
@@ -242,37 +256,48 @@ impl ClientSpec {
         let mut target = Target::parse(&self.url)?;
         let mut method = Method::from_bytes(self.method.as_bytes())
             .map_err(|e| LabError::invalid("--method", format!("{:?}: {e}", self.method)))?;
-        let transfer = match (self.download, self.upload) {
-            (Some(_), Some(_)) => {
-                return Err(LabError::invalid(
-                    "--download/--upload",
-                    "one transfer direction per run",
-                ));
-            }
-            (Some(n), None) => {
+        let transfer = match (self.download, self.upload, self.grpc_unary) {
+            (None, None, None) => None,
+            (Some(n), None, None) => {
                 target.path = format!("/bytes/{n}");
                 Some(Transfer::Download(n))
             }
-            (None, Some(n)) => {
+            (None, Some(n), None) => {
                 target.path = "/sha256".to_string();
                 method = Method::POST;
                 Some(Transfer::Upload(n))
             }
-            (None, None) => None,
+            (None, None, Some(n)) => {
+                if n > MAX_BODY as u64 {
+                    return Err(LabError::invalid(
+                        "--grpc-unary",
+                        format!("at most {MAX_BODY} bytes"),
+                    ));
+                }
+                target.path = crate::grpc_frame::UNARY_PATH.to_string();
+                method = Method::POST;
+                Some(Transfer::GrpcUnary(n))
+            }
+            _ => {
+                return Err(LabError::invalid(
+                    "--download/--upload/--grpc-unary",
+                    "one kind of checked request per run",
+                ));
+            }
         };
-        if let Some(Transfer::Download(n) | Transfer::Upload(n)) = transfer {
-            if n > MAX_TRANSFER {
-                return Err(LabError::invalid(
-                    "--download/--upload",
-                    format!("at most {MAX_TRANSFER} bytes"),
-                ));
-            }
-            if self.body_bytes > 0 {
-                return Err(LabError::invalid(
-                    "--body-bytes",
-                    "not with --download/--upload",
-                ));
-            }
+        if let Some(Transfer::Download(n) | Transfer::Upload(n)) = transfer
+            && n > MAX_TRANSFER
+        {
+            return Err(LabError::invalid(
+                "--download/--upload",
+                format!("at most {MAX_TRANSFER} bytes"),
+            ));
+        }
+        if transfer.is_some() && self.body_bytes > 0 {
+            return Err(LabError::invalid(
+                "--body-bytes",
+                "not with --download/--upload/--grpc-unary",
+            ));
         }
         let mut headers = HeaderMap::new();
         for (k, v) in &self.headers {
@@ -282,13 +307,22 @@ impl ClientSpec {
                 .map_err(|e| LabError::invalid("--header", format!("value {v:?}: {e}")))?;
             headers.append(name, value);
         }
+        let body = match transfer {
+            Some(Transfer::GrpcUnary(n)) => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                headers.insert(TE, HeaderValue::from_static("trailers"));
+                crate::grpc_frame::request_body(n as usize)
+            }
+            _ => Bytes::from(vec![0u8; self.body_bytes]),
+        };
         Ok(Prepared {
             target,
             method,
             headers,
-            body: Bytes::from(vec![0u8; self.body_bytes]),
+            body,
             transfer,
-            http2: self.http2,
+            // gRPC runs over HTTP/2 only.
+            http2: self.http2 || self.grpc_unary.is_some(),
         })
     }
 }
@@ -348,6 +382,8 @@ impl Target {
 pub(crate) enum Transfer {
     Download(u64),
     Upload(u64),
+    /// A gRPC unary call echoing this many bytes.
+    GrpcUnary(u64),
 }
 
 /// A spec checked and parsed, ready for the workers.

@@ -45,12 +45,12 @@ pub async fn run(spec: &ClientSpec) -> Result<ClientReport> {
     let prepared = spec.prepare()?;
     // The digest every transfer must match, computed once per run.
     let expected = match prepared.transfer {
+        Some(Transfer::GrpcUnary(_)) | None => None,
         Some(Transfer::Download(n) | Transfer::Upload(n)) => Some(
             tokio::task::spawn_blocking(move || pattern_sha256(n))
                 .await
                 .unwrap_or_default(),
         ),
-        None => None,
     };
     let shared = Arc::new((prepared, expected));
     let start = Instant::now();
@@ -339,15 +339,22 @@ async fn request(
             )
         }
         (transfer, ok) => {
-            let bytes = Limited::new(body, MAX_BODY)
+            let collected = Limited::new(body, MAX_BODY)
                 .collect()
                 .await
-                .map_err(|e| format!("reading response body: {}", chain(&*e)))?
-                .to_bytes();
+                .map_err(|e| format!("reading response body: {}", chain(&*e)))?;
+            let trailers = collected.trailers().cloned();
+            let bytes = collected.to_bytes();
             let check = match transfer {
                 Some(Transfer::Upload(n)) if ok => Some(TransferCheck::upload(
                     n,
                     expected.unwrap_or_default(),
+                    &bytes,
+                )),
+                Some(Transfer::GrpcUnary(n)) if ok => Some(crate::grpc_frame::check(
+                    n,
+                    &parts.headers,
+                    trailers.as_ref(),
                     &bytes,
                 )),
                 _ => None,
@@ -481,6 +488,36 @@ mod tests {
             .concurrency(2);
         let r = run(&spec).await.expect("runs");
         assert_eq!((r.sent, r.ok, r.failed), (10, 0, 10), "{r:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grpc_unary_calls_pass_only_with_an_ok_echo() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let grpc = listener.local_addr().expect("addr");
+        tokio::spawn(async move { crate::grpc::serve(listener, "g").await });
+        let spec = ClientSpec::new(&format!("http://{grpc}/"))
+            .grpc_unary(1000)
+            .rate(200)
+            .count(40)
+            .concurrency(2);
+        let r = run(&spec).await.expect("runs");
+        assert_eq!(
+            (r.sent, r.ok, r.verified, r.mismatched),
+            (40, 40, 40, 0),
+            "{r:?}"
+        );
+        assert!(r.bytes_sent >= 40 * 1000, "{r:?}");
+
+        // A plain HTTP server answers 200 with no grpc-status: not a pass.
+        let http = echo().await;
+        let spec = ClientSpec::new(&format!("http://{http}/"))
+            .grpc_unary(10)
+            .count(3);
+        let r = run(&spec).await.expect("runs");
+        assert_eq!((r.sent, r.ok, r.mismatched), (3, 0, 3), "{r:?}");
+        assert!(r.errors.iter().any(|e| e.contains("grpc-status")), "{r:?}");
     }
 
     /// A server that answers each request on a connection `delay` after

@@ -37,6 +37,7 @@ pub mod echo;
 mod error;
 pub mod grpc;
 pub mod grpc_client;
+pub mod grpc_frame;
 pub mod histogram;
 pub mod iptables;
 pub mod knitd;

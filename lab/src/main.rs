@@ -130,6 +130,10 @@ struct ClientArgs {
     /// HTTP/2 with prior knowledge (h2c)
     #[arg(long)]
     http2: bool,
+    /// Call the grpc-echo's unary method (h2c) with an N-byte message and
+    /// verify grpc-status 0 and the echo
+    #[arg(long, value_name = "N", conflicts_with_all = ["download", "upload"])]
+    grpc_unary: Option<u64>,
 }
 
 impl ClientArgs {
@@ -151,6 +155,7 @@ impl ClientArgs {
         spec.download = self.download;
         spec.upload = self.upload;
         spec.http2 = self.http2;
+        spec.grpc_unary = self.grpc_unary;
         Ok(spec)
     }
 }
