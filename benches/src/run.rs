@@ -20,6 +20,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(600);
 pub const MAX_RATE: u64 = 100_000;
 pub const MAX_CONNECTIONS: u64 = 1024;
 pub const MAX_BODY_BYTES: u64 = 1 << 30;
+/// Largest message of the gRPC scenario: tonic's default decoding limit.
+pub const GRPC_MAX_MESSAGE_BYTES: u64 = 4 << 20;
 /// Bodies above this are streamed and checked instead of buffered.
 const STREAMED_BODY_BYTES: u64 = 1 << 20;
 /// Measurements made again when one was disturbed.
@@ -60,6 +62,10 @@ pub struct Scenario {
     /// the server proxy (closed loop; mTLS contenders only).
     #[serde(default)]
     pub handshakes: bool,
+    /// Scenario (g): gRPC unary calls over h2c from the client app, each
+    /// echoing `body_bytes` (the lab's grpc-echo serves them).
+    #[serde(default)]
+    pub grpc: bool,
 }
 
 impl Scenario {
@@ -81,6 +87,7 @@ impl Scenario {
             proxy_wrapper: Vec::new(),
             requests: None,
             handshakes: false,
+            grpc: false,
         }
     }
 
@@ -126,12 +133,20 @@ impl Scenario {
                 warmup: Duration::from_secs(2),
                 ..a
             },
+            // A gRPC channel multiplexes few connections; each of these
+            // carries one call at a time.
+            "g" => Scenario {
+                name: "g-grpc-1000rps-4c".to_string(),
+                connections: 4,
+                grpc: true,
+                ..a
+            },
             _ => return None,
         })
     }
 
     /// The letters of [`Scenario::preset`], in suite order.
-    pub const PRESETS: [&'static str; 6] = ["a", "b", "c", "d", "e", "f"];
+    pub const PRESETS: [&'static str; 7] = ["a", "b", "c", "d", "e", "f", "g"];
 
     /// A quick check that the harness works: a tiny rate for two seconds
     /// per contender, one repetition.
@@ -211,6 +226,23 @@ impl Scenario {
                 );
             }
         }
+        if self.grpc {
+            if self.handshakes {
+                return bad("grpc", "not with handshakes".to_string());
+            }
+            if self.body_bytes > GRPC_MAX_MESSAGE_BYTES {
+                return bad(
+                    "body size",
+                    format!("a gRPC message of at most {GRPC_MAX_MESSAGE_BYTES} bytes"),
+                );
+            }
+            if self.generator != Generator::Lab {
+                return bad(
+                    "generator",
+                    "gRPC calls need the lab generator (--generator lab)".to_string(),
+                );
+            }
+        }
         if self.requests == Some(0) {
             return bad("requests", "must be at least 1".to_string());
         }
@@ -226,7 +258,8 @@ impl Scenario {
 pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Result<Report> {
     scenario.validate()?;
     if scenario.generator == Generator::Oha {
-        load::find_oha()?;
+        let oha = load::find_or_install_oha(progress)?;
+        progress(&format!("oha: {}", oha.display()));
     }
     let ticks = procfs::clock_ticks()?;
     let envoy = if scenario.contenders.contains(&Contender::EnvoyMtls) {
@@ -247,6 +280,7 @@ pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Result<Report
         TopologySpec {
             proxy_workers: scenario.proxy_workers,
             body_bytes: scenario.body_bytes,
+            grpc: scenario.grpc,
             contenders: scenario.contenders.clone(),
             proxy_wrapper: scenario.proxy_wrapper.clone(),
         },
@@ -290,6 +324,8 @@ pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Result<Report
             body_bytes: scenario.body_bytes,
             protocol: if scenario.handshakes {
                 "h2, one request per new mutual-TLS connection".to_string()
+            } else if scenario.grpc {
+                "gRPC unary calls over h2c from the client app".to_string()
             } else {
                 "HTTP/1.1 from the client app".to_string()
             },
@@ -390,17 +426,32 @@ fn start_load(
 }
 
 fn load_spec(topo: &Topology, c: Contender, sc: &Scenario, duration: Duration) -> Result<LoadSpec> {
-    Ok(LoadSpec {
-        url: topo.url(c)?,
-        rate: sc.rate,
-        closed_loop: sc.closed_loop,
-        connections: sc.connections,
-        duration,
-        requests: sc.requests,
+    let mut spec = LoadSpec::new(topo.url(c)?, sc, duration);
+    if sc.grpc {
+        spec.url = topo.grpc_url(c)?;
+        spec.grpc_unary = Some(sc.body_bytes);
+    } else if sc.body_bytes > STREAMED_BODY_BYTES {
         // Bulk bodies stream through the client's checked download.
-        download: (sc.body_bytes > STREAMED_BODY_BYTES).then_some(sc.body_bytes),
-        timeout: request_timeout(sc.body_bytes),
-    })
+        spec.download = Some(sc.body_bytes);
+    }
+    Ok(spec)
+}
+
+impl LoadSpec {
+    /// The scenario's load on `url`, for `duration`.
+    fn new(url: String, sc: &Scenario, duration: Duration) -> LoadSpec {
+        LoadSpec {
+            url,
+            rate: sc.rate,
+            closed_loop: sc.closed_loop,
+            connections: sc.connections,
+            duration,
+            requests: sc.requests,
+            download: None,
+            grpc_unary: None,
+            timeout: request_timeout(sc.body_bytes),
+        }
+    }
 }
 
 /// Per request: the generators' default, plus a second per 10 MiB of body
@@ -579,9 +630,38 @@ mod tests {
                 proxy_workers: 0,
                 ..Scenario::smoke()
             },
+            Scenario {
+                generator: Generator::Oha,
+                ..Scenario::preset("g").unwrap()
+            },
+            Scenario {
+                body_bytes: GRPC_MAX_MESSAGE_BYTES + 1,
+                ..Scenario::preset("g").unwrap()
+            },
+            Scenario {
+                handshakes: true,
+                ..Scenario::preset("e").unwrap()
+            }
+            .with_grpc(),
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    impl Scenario {
+        fn with_grpc(self) -> Scenario {
+            Scenario { grpc: true, ..self }
+        }
+    }
+
+    #[test]
+    fn every_preset_is_valid() {
+        for id in Scenario::PRESETS {
+            let sc = Scenario::preset(id).unwrap();
+            sc.validate().unwrap_or_else(|e| panic!("{id}: {e}"));
+            assert!(sc.name.starts_with(id), "{id}: {}", sc.name);
+        }
+        assert!(Scenario::preset("z").is_none());
     }
 
     #[test]

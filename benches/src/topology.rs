@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use std::path::{Path, PathBuf};
 
+use knit_lab::apps::AppSpec;
 use knit_lab::{KnitdCa, Lab, PodSpec, RootCa, ServiceSpec, wait_until};
 use rcgen::{Issuer, KeyPair};
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,8 @@ use crate::{BenchError, Result, procfs};
 
 /// The port of every server app.
 pub const APP_PORT: u16 = 8080;
+/// The port of the server pods' gRPC echo (scenario g).
+pub const GRPC_PORT: u16 = knit_lab::apps::GRPC_PORT;
 /// knit-proxy's mesh port, its ALPN protocol, and the header naming the
 /// app port a mesh request is for.
 const MESH_PORT: u16 = 15008;
@@ -121,6 +124,9 @@ pub struct TopologySpec {
     pub proxy_workers: u32,
     /// Size of every response body.
     pub body_bytes: u64,
+    /// Whether the server pods also run the gRPC echo on [`GRPC_PORT`].
+    #[serde(default)]
+    pub grpc: bool,
     /// The contenders to build pods for.
     pub contenders: Vec<Contender>,
     /// What every knit-proxy runs under (a profiler), empty for nothing.
@@ -175,11 +181,13 @@ impl Topology {
         let root = lab.create_root_ca("bench")?;
         lab.start_knitd_with(KnitdCa::plug_in(&root))?;
         for &c in &spec.contenders {
-            lab.add_service(
-                ServiceSpec::new(&c.service())
-                    .port("http", 80, APP_PORT)
-                    .selector("app", &c.server_pod()),
-            )?;
+            let mut svc = ServiceSpec::new(&c.service())
+                .port("http", 80, APP_PORT)
+                .selector("app", &c.server_pod());
+            if spec.grpc {
+                svc = svc.port_with_protocol("grpc", GRPC_PORT, GRPC_PORT, "grpc");
+            }
+            lab.add_service(svc)?;
         }
         let workers = spec.proxy_workers.to_string();
         for &c in &spec.contenders {
@@ -190,6 +198,9 @@ impl Topology {
                     .service_account(&pod);
                 if labels {
                     p = p.label("app", &pod);
+                    if spec.grpc {
+                        p = p.app(AppSpec::GrpcEcho { port: GRPC_PORT });
+                    }
                 }
                 if c.knit() {
                     p = p
@@ -230,6 +241,22 @@ impl Topology {
                 format!("http://127.0.0.1:{}{path}", envoy::CLIENT_LISTEN_PORT)
             }
             Contender::KnitPlain | Contender::KnitMtls => format!("http://{}{path}", c.service()),
+        })
+    }
+
+    /// The URL of the gRPC echo through contender `c` (its unary method's
+    /// path is the client's to add).
+    pub fn grpc_url(&self, c: Contender) -> Result<String> {
+        Ok(match c {
+            Contender::Direct => {
+                let ip = self.lab.pod(&c.server_pod())?.ip;
+                format!("http://{ip}:{GRPC_PORT}/")
+            }
+            // Envoy's server side routes the Echo service to the gRPC app.
+            Contender::EnvoyMtls => format!("http://127.0.0.1:{}/", envoy::CLIENT_LISTEN_PORT),
+            Contender::KnitPlain | Contender::KnitMtls => {
+                format!("http://{}:{GRPC_PORT}/", c.service())
+            }
         })
     }
 

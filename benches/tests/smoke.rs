@@ -208,3 +208,42 @@ fn bulk_scenario_counts_bytes_through_every_contender() {
         assert_eq!(s["load"]["bytes_received"], 2 * 8 * 1024 * 1024, "{s}");
     }
 }
+
+#[test]
+fn grpc_scenario_makes_checked_unary_calls_through_every_contender() {
+    let report = run_bench(
+        &[
+            "--scenario",
+            "g",
+            "--rate",
+            "25",
+            "--duration-s",
+            "1",
+            "--warmup-s",
+            "0.5",
+            "--repetitions",
+            "1",
+        ],
+        "g-grpc-1000rps-4c",
+    );
+    assert_eq!(
+        report["settings"]["protocol"],
+        "gRPC unary calls over h2c from the client app"
+    );
+    let contenders = report["contenders"].as_array().expect("contenders");
+    assert_eq!(contenders.len(), 4, "{report}");
+    for c in contenders {
+        // The client counts a call only with grpc-status 0 and the whole echo.
+        let sent = c["sent"].as_u64().unwrap_or(0);
+        assert!(sent > 0 && c["errors"] == 0, "{c}");
+        if c["name"] == "knit-mtls" {
+            let security = c["server_security"].as_array().expect("security");
+            let mtls: u64 = security
+                .iter()
+                .filter(|p| p[0] == "mutual_tls")
+                .filter_map(|p| p[1].as_u64())
+                .sum();
+            assert!(mtls >= sent, "{security:?} for {sent} calls");
+        }
+    }
+}
