@@ -7,9 +7,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::Stream;
 use knit_proto::v1 as pb;
-use knit_proto::v1::discovery_server::Discovery;
+use knit_proto::v1_server::discovery_server::Discovery;
+use knit_proto::wire::{EncodedDiscoveryResponse, encode_shared};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -17,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::model::{DocumentRef, MtlsMode, Workload};
 use crate::mtls::{WorkloadMtls, effective_mtls_by_port};
 use crate::registry::{ProxyRegistry, Registration};
-use crate::rollout::{DEFAULT_ROLLOUT_TIMEOUT, MtlsTable, Rollout};
+use crate::rollout::{DEFAULT_ROLLOUT_TIMEOUT, MtlsTable, Published, Rollout};
 use crate::shutdown::shutdown_requested;
 use crate::snapshot::Snapshot;
 use crate::state::ConfigState;
@@ -42,6 +44,47 @@ pub fn response_for(
     table: &MtlsTable,
     version: &str,
 ) -> pb::DiscoveryResponse {
+    pb::DiscoveryResponse {
+        services: snapshot.services.clone(),
+        endpoints: client_endpoints(snapshot, table),
+        ..response_head(node, snapshot, table, version)
+    }
+}
+
+/// What a stream sends `node` for `published`: [`response_for`], with the
+/// part every proxy shares encoded once per published config.
+pub fn encoded_response_for(
+    node: &pb::Node,
+    published: &Published,
+    nonce: String,
+) -> EncodedDiscoveryResponse {
+    let mut head = response_head(
+        node,
+        &published.snapshot,
+        &published.table,
+        &published.version,
+    );
+    head.nonce = nonce;
+    EncodedDiscoveryResponse {
+        head,
+        shared: shared_part(published),
+    }
+}
+
+/// The services and endpoints of `published`, encoded: built by the first
+/// stream that sends it, then shared (a reference count, not a copy).
+fn shared_part(published: &Published) -> Bytes {
+    published
+        .encoded_shared
+        .get_or_init(|| {
+            let endpoints = client_endpoints(&published.snapshot, &published.table);
+            encode_shared(&published.snapshot.services, &endpoints)
+        })
+        .clone()
+}
+
+/// Every endpoint, each with the modes clients are told for it.
+fn client_endpoints(snapshot: &Snapshot, table: &MtlsTable) -> Vec<pb::ServiceEndpoints> {
     let mut endpoints = snapshot.endpoints.clone();
     for endpoint in endpoints
         .iter_mut()
@@ -56,6 +99,17 @@ pub fn response_for(
         );
         endpoint.mtls = table.client.get(&key).map(|modes| proto_policy(modes, []));
     }
+    endpoints
+}
+
+/// The per-proxy fields: version, inbound policy and authorization
+/// (services and endpoints left empty, the nonce unset).
+fn response_head(
+    node: &pb::Node,
+    snapshot: &Snapshot,
+    table: &MtlsTable,
+    version: &str,
+) -> pb::DiscoveryResponse {
     let node_key = (node.namespace.clone(), node.pod_name.clone());
     let inbound = match table.server.get(&node_key) {
         Some(modes) => {
@@ -73,8 +127,8 @@ pub fn response_for(
     pb::DiscoveryResponse {
         version_info: version.to_owned(),
         nonce: String::new(),
-        services: snapshot.services.clone(),
-        endpoints,
+        services: Vec::new(),
+        endpoints: Vec::new(),
         inbound: Some(inbound),
         authorization: crate::authz::authorization_for(node, snapshot),
     }
@@ -231,7 +285,7 @@ impl DiscoveryService {
     }
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryResponse, Status>> + Send>>;
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<EncodedDiscoveryResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Discovery for DiscoveryService {
@@ -259,7 +313,7 @@ impl Discovery for DiscoveryService {
 /// One proxy's stream.
 struct ProxyStream {
     inbound: Streaming<pb::DiscoveryRequest>,
-    responses: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
+    responses: mpsc::Sender<Result<EncodedDiscoveryResponse, Status>>,
     rollout: Arc<Rollout>,
     registry: Arc<ProxyRegistry>,
     shutdown: watch::Receiver<bool>,
@@ -367,16 +421,10 @@ impl ProxyStream {
         let nonce = new_nonce();
         let key = (node.namespace.clone(), node.pod_name.clone());
         let published = self.rollout.take_for_send(registration.id(), &key, &nonce);
-        let mut response = response_for(
-            node,
-            &published.snapshot,
-            &published.table,
-            &published.version,
-        );
-        response.nonce = nonce;
+        let response = encoded_response_for(node, &published, nonce);
         let sent = Sent {
-            version: response.version_info.clone(),
-            nonce: response.nonce.clone(),
+            version: response.head.version_info.clone(),
+            nonce: response.head.nonce.clone(),
         };
         // Recorded first: an ACK may race in right after the send.
         registration.record_sent(&sent.version, &sent.nonce);
@@ -560,6 +608,53 @@ mod tests {
             empty.inbound.map(|i| i.default_mode),
             Some(P::Permissive as i32)
         );
+    }
+
+    #[test]
+    fn the_encoded_response_is_the_whole_response_with_one_shared_part() {
+        use prost::Message;
+        let services = vec![pb::Service {
+            name: "web".to_owned(),
+            namespace: "shop".to_owned(),
+            ..pb::Service::default()
+        }];
+        let endpoint = |name: &str, mesh_port| pb::Endpoint {
+            address: "198.18.0.7".to_owned(),
+            workload_name: name.to_owned(),
+            workload_namespace: "shop".to_owned(),
+            mesh_port,
+            ..pb::Endpoint::default()
+        };
+        let endpoints = vec![pb::ServiceEndpoints {
+            service_name: "web".to_owned(),
+            service_namespace: "shop".to_owned(),
+            endpoints: vec![endpoint("web", 15008), endpoint("legacy", 0)],
+        }];
+        let snapshot = Arc::new(Snapshot::with_mtls(
+            services,
+            endpoints,
+            crate::mtls::MtlsInputs {
+                workloads: vec![workload("web", "shop", "web", &[("http", 8080)])],
+                policies: vec![policy("shop", None, Some(MtlsMode::Strict), &[])],
+            },
+            "knit-system",
+        ));
+        let published = Published::unsequenced(Arc::clone(&snapshot));
+        let mut shared = Vec::new();
+        for node in [pod("web", "shop"), pod("client", "misc")] {
+            let encoded = encoded_response_for(&node, &published, "n1".to_owned());
+            let decoded =
+                pb::DiscoveryResponse::decode(encoded.encode_to_vec().as_slice()).expect("decodes");
+            let mut whole = response_for(&node, &snapshot, &published.table, &published.version);
+            whole.nonce = "n1".to_owned();
+            assert_eq!(decoded, whole, "{node:?}");
+            // The meshed endpoint carries its modes, the other none.
+            let eps = &decoded.endpoints[0].endpoints;
+            assert!(eps[0].mtls.is_some() && eps[1].mtls.is_none(), "{eps:?}");
+            shared.push(encoded.shared);
+        }
+        // One encoding, shared by both streams.
+        assert_eq!(shared[0].as_ptr(), shared[1].as_ptr());
     }
 
     #[test]

@@ -35,8 +35,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use knit_proto::v1::certificates_server::CertificatesServer;
-use knit_proto::v1::discovery_server::DiscoveryServer;
+use knit_proto::v1_server::certificates_server::CertificatesServer;
+use knit_proto::v1_server::discovery_server::DiscoveryServer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;

@@ -30,10 +30,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -324,6 +325,9 @@ pub struct Published {
     pub table: Arc<MtlsTable>,
     pub version: String,
     pub holds: Vec<Hold>,
+    /// The services and endpoints every stream sends for this, encoded on
+    /// first use (see `discovery::shared_part`).
+    pub encoded_shared: OnceLock<Bytes>,
 }
 
 impl Published {
@@ -335,6 +339,7 @@ impl Published {
             snapshot,
             table,
             holds: Vec::new(),
+            encoded_shared: OnceLock::new(),
         }
     }
 }
@@ -692,6 +697,7 @@ impl Rollout {
             table,
             version,
             holds: planned.holds,
+            encoded_shared: OnceLock::new(),
         }));
         self.changed.send_replace(());
     }

@@ -283,3 +283,16 @@ fn a_group_readable_state_dir_key_stops_knitd_with_one_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_poll_interval_out_of_range_is_refused_by_name() {
+    let dir = temp_dir();
+    for bad in ["5", "60001", "soon"] {
+        let (code, stderr) = failing_start(dir.path(), &["--poll-interval-ms", bad]);
+        assert_eq!(code, Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("--poll-interval-ms") && stderr.contains(bad),
+            "{bad}: {stderr}"
+        );
+    }
+}

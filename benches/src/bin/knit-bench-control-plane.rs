@@ -70,6 +70,9 @@ struct Cli {
     /// Longest wait, in seconds, for one change to reach every proxy
     #[arg(long)]
     change_deadline_s: Option<f64>,
+    /// knitd's --poll-interval-ms (default 250)
+    #[arg(long)]
+    poll_interval_ms: Option<u64>,
     /// The knitd binary (default: next to this binary, or $KNIT_BIN_DIR)
     #[arg(long)]
     knitd: Option<PathBuf>,
@@ -142,6 +145,9 @@ fn main_result() -> Result<()> {
     }
     if let Some(s) = cli.change_deadline_s {
         spec.change_deadline = seconds("change-deadline-s", s)?;
+    }
+    if let Some(ms) = cli.poll_interval_ms {
+        spec.poll_interval = Duration::from_millis(ms);
     }
     spec.knitd = cli.knitd;
     spec.work_dir = cli.work_dir;

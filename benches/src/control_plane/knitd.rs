@@ -13,9 +13,8 @@ use nix::unistd::Pid;
 use crate::procfs::{ProcMem, proc_cpu, proc_mem, reset_peak};
 use crate::{BenchError, Result};
 
-/// knitd's poll interval of the config directory. knitd has no flag for
-/// it, so the benchmark runs with its built-in default
-/// (`knit_controlplane::DEFAULT_POLL_INTERVAL`).
+/// knitd's default poll interval of the config directory
+/// (`knit_controlplane::DEFAULT_POLL_INTERVAL`, `--poll-interval-ms`).
 pub const KNITD_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How long knitd gets to stop on SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -61,6 +60,7 @@ impl KnitdProcess {
         config_dir: &Path,
         state_dir: &Path,
         log: &Path,
+        poll_interval: Duration,
         deadline: Duration,
     ) -> Result<Self> {
         let grpc_addr = free_loopback_port()?;
@@ -82,6 +82,8 @@ impl KnitdProcess {
             .arg(http_addr.to_string())
             .arg("--state-dir")
             .arg(state_dir)
+            .arg("--poll-interval-ms")
+            .arg(poll_interval.as_millis().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);

@@ -68,6 +68,8 @@ pub struct Spec {
     pub connect_deadline: Duration,
     /// Longest wait for one change to be ACKed by every proxy.
     pub change_deadline: Duration,
+    /// How often knitd polls its config directory.
+    pub poll_interval: Duration,
     /// The knitd binary; found like the lab finds it when `None`.
     pub knitd: Option<PathBuf>,
     /// Where the config directory and knitd's log go; a temporary
@@ -93,6 +95,7 @@ impl Spec {
             connect_concurrency: 64,
             connect_deadline: Duration::from_secs(180),
             change_deadline: Duration::from_secs(30),
+            poll_interval: KNITD_POLL_INTERVAL,
             knitd: None,
             work_dir: None,
         }
@@ -486,7 +489,7 @@ pub fn run(spec: &Spec, progress: &mut dyn FnMut(&str)) -> Result<ControlPlaneRe
             layout: Some(spec.layout),
             config_files: config.files,
             config_bytes: config.bytes,
-            poll_interval_ms: KNITD_POLL_INTERVAL.as_millis() as u64,
+            poll_interval_ms: spec.poll_interval.as_millis() as u64,
             proxy_scales: spec.proxy_scales.clone(),
             latency_changes: spec.latency_changes,
             churn_rate_per_s: spec.churn_rate_per_s,
@@ -514,6 +517,7 @@ pub fn run(spec: &Spec, progress: &mut dyn FnMut(&str)) -> Result<ControlPlaneRe
         &config_path,
         &state_path,
         &work_dir.join("knitd.log"),
+        spec.poll_interval,
         spec.connect_deadline,
     )?;
     let fleet = Fleet::new(runtime.handle().clone(), knitd.grpc_addr, shape);
@@ -578,11 +582,11 @@ pub fn run(spec: &Spec, progress: &mut dyn FnMut(&str)) -> Result<ControlPlaneRe
     knitd.stop();
     drop(runtime);
     report.notes.push(format!(
-        "knitd ran as its own process on 127.0.0.1 with its built-in {} ms poll interval \
-         (it has no flag for it), so \"change → last ACK\" includes up to one poll interval \
+        "knitd ran as its own process on 127.0.0.1 polling its directory every {} ms \
+         (--poll-interval-ms), so \"change → last ACK\" includes up to one poll interval \
          of waiting; the fan-out column starts at the first proxy's receipt instead. The \
          simulated proxies share the machine with knitd; their CPU is given as bench cores.",
-        KNITD_POLL_INTERVAL.as_millis()
+        spec.poll_interval.as_millis()
     ));
     Ok(report)
 }

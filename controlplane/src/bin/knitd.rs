@@ -70,6 +70,11 @@ struct Cli {
     /// selector is mesh-wide.
     #[arg(long, value_name = "NAMESPACE", default_value = knit_controlplane::model::DEFAULT_ROOT_NAMESPACE)]
     root_namespace: String,
+    /// How often the config directory is checked for changes, in
+    /// milliseconds (10 to 60000).
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_POLL_INTERVAL.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    poll_interval_ms: u64,
     /// Address of the health and debug HTTP server.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_HTTP_ADDR)]
     http_addr: SocketAddr,
@@ -184,7 +189,7 @@ fn options(cli: Cli) -> Result<KnitdOptions, knit_controlplane::Error> {
         grpc_tls_addr: Some(cli.grpc_tls_addr),
         tls_sans: cli.tls_sans,
         http_addr: cli.http_addr,
-        poll_interval: DEFAULT_POLL_INTERVAL,
+        poll_interval: std::time::Duration::from_millis(cli.poll_interval_ms),
         ca,
         root_namespace: cli.root_namespace,
     })
