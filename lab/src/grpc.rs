@@ -116,9 +116,16 @@ pub async fn serve(listener: TcpListener, pod: &str) -> Result<()> {
         }),
         value,
     };
+    // tonic sets TCP_NODELAY only on listeners it binds itself; without
+    // it, a response's DATA frame waits out the peer's delayed ACK (40 ms).
+    let incoming = TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    });
     tonic::transport::Server::builder()
         .add_service(svc)
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .serve_with_incoming(incoming)
         .await
         .map_err(|e| LabError::io("grpc-echo serving", std::io::Error::other(e)))
 }
