@@ -144,7 +144,7 @@ impl Knitd {
         );
         let registry = ProxyRegistry::new();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let last_seen = watch::load_initial(&options.config_dir, &state).await;
+        let watched = watch::load_initial(&options.config_dir, &state).await;
 
         let mut tasks = JoinSet::new();
         tasks.spawn({
@@ -152,7 +152,7 @@ impl Knitd {
                 options.config_dir.clone(),
                 Arc::clone(&state),
                 options.poll_interval,
-                last_seen,
+                watched,
                 stopped.clone(),
             );
             async move {

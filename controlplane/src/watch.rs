@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::ca::auth::WorkloadTokens;
-use crate::config::load_dir;
 use crate::config::source::{Fingerprint, fingerprint};
+use crate::config::{ParseCache, load_dir_cached};
 use crate::error::Error;
 use crate::model::DEFAULT_ROOT_NAMESPACE;
 use crate::mtls::MtlsInputs;
@@ -40,7 +40,17 @@ pub fn compile_dir(dir: &Path) -> Result<Compiled, Error> {
 /// [`compile_dir`] with the mesh root namespace the proxies' inbound
 /// policies are computed with.
 pub fn compile_dir_in(dir: &Path, root_namespace: &str) -> Result<Compiled, Error> {
-    let loaded = load_dir(dir)?;
+    compile_dir_cached(dir, root_namespace, &mut ParseCache::default())
+}
+
+/// [`compile_dir_in`], parsing only the files that changed since `cache`
+/// saw them.
+pub fn compile_dir_cached(
+    dir: &Path,
+    root_namespace: &str,
+    cache: &mut ParseCache,
+) -> Result<Compiled, Error> {
+    let loaded = load_dir_cached(dir, cache)?;
     let translation = translate(&loaded.config);
     let mut warnings = loaded.warnings;
     warnings.extend(translation.warnings);
@@ -112,24 +122,36 @@ pub fn apply(state: &ConfigState, result: Result<Compiled, Error>) -> bool {
     }
 }
 
-/// Loads `dir` once and publishes it; returns the fingerprint taken before
-/// reading, so a change made during the read is seen by the next poll.
-pub async fn load_initial(dir: &Path, state: &ConfigState) -> Fingerprint {
+/// What the poll loop carries from one poll to the next.
+pub struct Watched {
+    /// Taken before reading, so a change made during a read is seen by the
+    /// next poll.
+    last: Fingerprint,
+    cache: ParseCache,
+}
+
+/// Loads `dir` once and publishes it.
+pub async fn load_initial(dir: &Path, state: &ConfigState) -> Watched {
     let dir = dir.to_path_buf();
     let root_namespace = state.root_namespace().to_owned();
     let loaded = tokio::task::spawn_blocking(move || {
+        let mut cache = ParseCache::default();
         let stamp = fingerprint(&dir);
-        (stamp, compile_dir_in(&dir, &root_namespace))
+        let result = compile_dir_cached(&dir, &root_namespace, &mut cache);
+        (stamp, result, cache)
     })
     .await;
     match loaded {
-        Ok((stamp, result)) => {
+        Ok((last, result, cache)) => {
             apply(state, result);
-            stamp
+            Watched { last, cache }
         }
         Err(join_error) => {
             tracing::error!("config load task failed: {join_error}");
-            Fingerprint::Unreadable(join_error.to_string())
+            Watched {
+                last: Fingerprint::Unreadable(join_error.to_string()),
+                cache: ParseCache::default(),
+            }
         }
     }
 }
@@ -143,9 +165,13 @@ pub async fn poll_config_dir(
     dir: PathBuf,
     state: Arc<ConfigState>,
     interval: Duration,
-    mut last: Fingerprint,
+    watched: Watched,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Watched { mut last, cache } = watched;
+    // Moved into each poll's blocking task and back; lost only if a task
+    // panics, which costs one full re-parse.
+    let mut cache = Some(cache);
     loop {
         tokio::select! {
             _ = shutdown_requested(&mut shutdown) => return,
@@ -154,21 +180,23 @@ pub async fn poll_config_dir(
         let dir = dir.clone();
         let previous = last.clone();
         let root_namespace = state.root_namespace().to_owned();
+        let mut taken = cache.take().unwrap_or_default();
         let polled = tokio::task::spawn_blocking(move || {
             let stamp = fingerprint(&dir);
             if stamp == previous {
-                return None;
+                return (None, taken);
             }
-            let result = compile_dir_in(&dir, &root_namespace);
-            Some((stamp, result))
+            let result = compile_dir_cached(&dir, &root_namespace, &mut taken);
+            (Some((stamp, result)), taken)
         })
         .await;
         match polled {
-            Ok(Some((stamp, result))) => {
+            Ok((Some((stamp, result)), returned)) => {
+                cache = Some(returned);
                 last = stamp;
                 apply(&state, result);
             }
-            Ok(None) => {}
+            Ok((None, returned)) => cache = Some(returned),
             Err(join_error) => tracing::error!("config poll task failed: {join_error}"),
         }
     }

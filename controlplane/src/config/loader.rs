@@ -1,9 +1,6 @@
-//! Reads the config directory: every document of every config file is
-//! parsed on its own and dispatched on apiVersion + kind, so one bad document
-//! costs only itself.
-
-use std::fs;
-use std::path::Path;
+//! Parses one config file: every document is parsed on its own and
+//! dispatched on apiVersion + kind, so one bad document costs only itself.
+//! (`directory` puts the files of the directory together.)
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
@@ -14,10 +11,9 @@ use super::kinds::{
     AuthorizationPolicy, DestinationRule, KnownKind, PeerAuthentication, PeerWorkloadSelector,
     Service, WorkloadEntry, classify,
 };
-use super::source::{DocumentText, list_config_files, split_documents};
-use super::validate;
+use super::source::{DocumentText, split_documents};
 use crate::error::Error;
-use crate::model::{DocumentRef, MeshConfig, ResourceRef};
+use crate::model::{DocumentRef, ResourceRef};
 
 /// Namespace of a resource that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -107,50 +103,6 @@ pub struct ParsedFiles {
     pub documents: Vec<ParsedDocument>,
     pub errors: Vec<Error>,
     pub warnings: Vec<String>,
-}
-
-/// The validated config of a directory and every problem found in it.
-#[derive(Debug, Default)]
-pub struct LoadedConfig {
-    pub config: MeshConfig,
-    pub errors: Vec<Error>,
-    pub warnings: Vec<String>,
-}
-
-/// Loads and validates every config file of `dir`. Fails only when the
-/// directory cannot be listed; anything wrong inside it is in `errors`.
-pub fn load_dir(dir: &Path) -> Result<LoadedConfig, Error> {
-    let files = list_config_files(dir).map_err(|source| Error::ConfigDir {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
-    let mut parsed = ParsedFiles::default();
-    for (name, path) in files {
-        match fs::read(&path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => parse_file(&name, &text, &mut parsed),
-                Err(err) => parsed.errors.push(Error::ConfigFile {
-                    file: name,
-                    reason: format!("not UTF-8 text ({})", err.utf8_error()),
-                }),
-            },
-            Err(err) => parsed.errors.push(Error::ConfigFile {
-                file: name,
-                reason: err.to_string(),
-            }),
-        }
-    }
-    let (config, mut errors) = validate::assemble(parsed.documents);
-    parsed.errors.append(&mut errors);
-    // Stable: errors of one document keep their order.
-    parsed
-        .errors
-        .sort_by(|a, b| a.position().cmp(&b.position()));
-    Ok(LoadedConfig {
-        config,
-        errors: parsed.errors,
-        warnings: parsed.warnings,
-    })
 }
 
 /// Parses every document of one file into `out`.
@@ -315,6 +267,8 @@ fn json_type_name(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::directory::{LoadedConfig, ParseCache, load_dir, load_dir_cached};
+    use std::fs;
 
     fn parse(file: &str, text: &str) -> ParsedFiles {
         let mut out = ParsedFiles::default();
@@ -389,6 +343,60 @@ mod tests {
             "{:?}",
             loaded.warnings
         );
+    }
+
+    #[test]
+    fn a_cached_load_parses_only_changed_files_and_never_keeps_errors() {
+        let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("tempdir: {err}"));
+        let path = |name: &str| dir.path().join(name);
+        let write = |name: &str, text: &str| {
+            fs::write(path(name), text).unwrap_or_else(|err| panic!("write {name}: {err}"));
+        };
+        let pod_b = WORKLOAD
+            .replace("pod-a", "pod-b")
+            .replace("10.0.0.1", "10.0.0.2");
+        write("a.yaml", WORKLOAD);
+        write("b.yaml", &pod_b);
+        write("broken.yaml", "kind: [");
+        let mut cache = ParseCache::default();
+        let load = |cache: &mut ParseCache| {
+            load_dir_cached(dir.path(), cache).unwrap_or_else(|err| panic!("{err}"))
+        };
+        let addresses = |loaded: &LoadedConfig| -> Vec<String> {
+            loaded
+                .config
+                .workloads
+                .iter()
+                .map(|w| w.address.to_string())
+                .collect()
+        };
+        let first = load(&mut cache);
+        assert_eq!(addresses(&first), ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!((first.errors.len(), cache.len()), (1, 2));
+
+        // Rewritten in place with the same length and mtime: the stamp is
+        // unchanged, so the kept parse is used (proof the file was not read).
+        let modified = fs::metadata(path("b.yaml"))
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|err| panic!("mtime: {err}"));
+        write("b.yaml", &pod_b.replace("10.0.0.2", "10.0.0.3"));
+        fs::File::options()
+            .write(true)
+            .open(path("b.yaml"))
+            .and_then(|f| f.set_modified(modified))
+            .unwrap_or_else(|err| panic!("set mtime: {err}"));
+        let second = load(&mut cache);
+        assert_eq!(addresses(&second), ["10.0.0.1", "10.0.0.2"]);
+        // The broken file is parsed, and reported, every time.
+        assert_eq!(second.errors.len(), 1, "{:?}", second.errors);
+
+        // A real change (another length) is seen; a removed file is gone.
+        write("b.yaml", &pod_b.replace("10.0.0.2", "10.0.0.33"));
+        fs::remove_file(path("a.yaml")).unwrap_or_else(|err| panic!("rm: {err}"));
+        let third = load(&mut cache);
+        assert_eq!(addresses(&third), ["10.0.0.33"]);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(addresses(&third), addresses(&load_dir(dir.path()).unwrap()));
     }
 
     #[test]

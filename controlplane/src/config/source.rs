@@ -64,24 +64,29 @@ pub fn fingerprint(dir: &Path) -> Fingerprint {
     };
     let stamps = files
         .into_iter()
-        .map(|(name, path)| match fs::metadata(&path) {
-            Ok(meta) => FileStamp {
-                name,
-                len: meta.len(),
-                modified: meta.modified().ok(),
-                inode: inode_of(&meta),
-                unreadable: None,
-            },
-            Err(err) => FileStamp {
-                name,
-                len: 0,
-                modified: None,
-                inode: 0,
-                unreadable: Some(err.to_string()),
-            },
-        })
+        .map(|(name, path)| file_stamp(&name, &path))
         .collect();
     Fingerprint::Files(stamps)
+}
+
+/// The stamp of the config file `name` at `path` (links followed).
+pub fn file_stamp(name: &str, path: &Path) -> FileStamp {
+    match fs::metadata(path) {
+        Ok(meta) => FileStamp {
+            name: name.to_owned(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode: inode_of(&meta),
+            unreadable: None,
+        },
+        Err(err) => FileStamp {
+            name: name.to_owned(),
+            len: 0,
+            modified: None,
+            inode: 0,
+            unreadable: Some(err.to_string()),
+        },
+    }
 }
 
 #[cfg(unix)]
