@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::model::{DocumentRef, MtlsMode, Workload};
 use crate::mtls::{WorkloadMtls, effective_mtls_by_port};
+use crate::push_throttle::{InFlight, PushThrottle};
 use crate::registry::{ProxyRegistry, Registration};
 use crate::rollout::{DEFAULT_ROLLOUT_TIMEOUT, MtlsTable, Published, Rollout};
 use crate::shutdown::shutdown_requested;
@@ -253,6 +254,7 @@ pub fn classify_answer(request: &pb::DiscoveryRequest, latest_nonce: &str) -> An
 pub struct DiscoveryService {
     rollout: Arc<Rollout>,
     registry: Arc<ProxyRegistry>,
+    throttle: PushThrottle,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -262,20 +264,14 @@ impl DiscoveryService {
     pub fn new(
         state: Arc<ConfigState>,
         registry: Arc<ProxyRegistry>,
+        throttle: PushThrottle,
         shutdown: watch::Receiver<bool>,
     ) -> DiscoveryService {
         let rollout = Rollout::follow(state, DEFAULT_ROLLOUT_TIMEOUT, shutdown.clone());
-        DiscoveryService::with_rollout(rollout, registry, shutdown)
-    }
-
-    pub fn with_rollout(
-        rollout: Arc<Rollout>,
-        registry: Arc<ProxyRegistry>,
-        shutdown: watch::Receiver<bool>,
-    ) -> DiscoveryService {
         DiscoveryService {
             rollout,
             registry,
+            throttle,
             shutdown,
         }
     }
@@ -303,6 +299,7 @@ impl Discovery for DiscoveryService {
             responses,
             rollout: Arc::clone(&self.rollout),
             registry: Arc::clone(&self.registry),
+            throttle: self.throttle.clone(),
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(session.run());
@@ -316,6 +313,7 @@ struct ProxyStream {
     responses: mpsc::Sender<Result<EncodedDiscoveryResponse, Status>>,
     rollout: Arc<Rollout>,
     registry: Arc<ProxyRegistry>,
+    throttle: PushThrottle,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -352,14 +350,25 @@ impl ProxyStream {
         let mut changes = self.rollout.subscribe();
         tracing::info!(proxy = %who, "proxy connected");
 
-        let Some(mut sent) = self.send_current(&node, &registration).await else {
+        // The push permit of an unanswered response, if one is out.
+        let mut in_flight: Option<InFlight> = None;
+        let Some(mut sent) = self
+            .send_current(&node, &registration, &mut in_flight)
+            .await
+        else {
             tracing::info!(proxy = %who, "proxy disconnected");
             return;
         };
         loop {
+            let expires = in_flight.as_ref().map(|held| held.expires);
             tokio::select! {
                 _ = shutdown_requested(&mut self.shutdown) => break,
                 _ = self.responses.closed() => break,
+                _ = tokio::time::sleep_until(expires.unwrap_or_else(tokio::time::Instant::now)),
+                    if expires.is_some() => {
+                    tracing::debug!(proxy = %who, nonce = %sent.nonce, "no answer in time; push permit returned");
+                    in_flight = None;
+                }
                 changed = changes.changed() => {
                     if changed.is_err() {
                         break;
@@ -367,7 +376,7 @@ impl ProxyStream {
                     if self.rollout.current().version == sent.version {
                         continue;
                     }
-                    match self.send_current(&node, &registration).await {
+                    match self.send_current(&node, &registration, &mut in_flight).await {
                         Some(now) => sent = now,
                         None => break,
                     }
@@ -378,6 +387,7 @@ impl ProxyStream {
                             tracing::debug!(proxy = %who, %version, "proxy accepted config");
                             registration.record_ack(&version);
                             self.rollout.acked(registration.id(), &sent.nonce);
+                            in_flight = None;
                         }
                         Answer::Nack { version, message } => {
                             tracing::warn!(
@@ -388,6 +398,7 @@ impl ProxyStream {
                             );
                             registration.record_nack(&message);
                             self.rollout.nacked(registration.id(), &sent.nonce);
+                            in_flight = None;
                         }
                         Answer::Stale => {
                             tracing::debug!(
@@ -416,8 +427,28 @@ impl ProxyStream {
         tracing::info!(proxy = %who, "proxy disconnected");
     }
 
-    /// Sends the current snapshot; `None` when the proxy is gone.
-    async fn send_current(&self, node: &pb::Node, registration: &Registration) -> Option<Sent> {
+    /// Sends the current snapshot once a push permit is held (kept from an
+    /// unanswered send, or waited for); `None` when the proxy is gone or
+    /// knitd stops.
+    async fn send_current(
+        &self,
+        node: &pb::Node,
+        registration: &Registration,
+        in_flight: &mut Option<InFlight>,
+    ) -> Option<Sent> {
+        match in_flight {
+            Some(held) => self.throttle.renew(held),
+            None => {
+                let mut shutdown = self.shutdown.clone();
+                *in_flight = tokio::select! {
+                    permit = self.throttle.acquire() => permit,
+                    _ = shutdown_requested(&mut shutdown) => return None,
+                    _ = self.responses.closed() => return None,
+                };
+            }
+        }
+        // The config is read after the wait, so a proxy that waited gets
+        // the newest one.
         let nonce = new_nonce();
         let key = (node.namespace.clone(), node.pod_name.clone());
         let published = self.rollout.take_for_send(registration.id(), &key, &nonce);

@@ -21,6 +21,7 @@ pub mod discovery;
 pub mod error;
 pub mod model;
 pub mod mtls;
+pub mod push_throttle;
 pub mod registry;
 pub mod rollout;
 pub mod shutdown;
@@ -74,6 +75,12 @@ pub struct KnitdOptions {
     pub tls_sans: Vec<String>,
     pub http_addr: SocketAddr,
     pub poll_interval: Duration,
+    /// Proxies that may hold an unanswered config at once
+    /// ([`push_throttle`]).
+    pub max_concurrent_pushes: usize,
+    /// How long a proxy may take to answer a config before its push
+    /// permit is given back anyway.
+    pub push_answer_timeout: Duration,
     pub ca: CaOptions,
     /// The mesh root namespace: a PeerAuthentication there without a
     /// selector is mesh-wide.
@@ -91,6 +98,8 @@ impl KnitdOptions {
             tls_sans: Vec::new(),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 15014)),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            max_concurrent_pushes: push_throttle::DEFAULT_MAX_CONCURRENT_PUSHES,
+            push_answer_timeout: push_throttle::DEFAULT_ANSWER_TIMEOUT,
             ca: CaOptions::default(),
             root_namespace: model::DEFAULT_ROOT_NAMESPACE.to_owned(),
         }
@@ -163,6 +172,10 @@ impl Knitd {
         let discovery = discovery::DiscoveryService::new(
             Arc::clone(&state),
             Arc::clone(&registry),
+            push_throttle::PushThrottle::new(
+                options.max_concurrent_pushes,
+                options.push_answer_timeout,
+            ),
             stopped.clone(),
         );
         let rollout = Arc::clone(discovery.rollout());

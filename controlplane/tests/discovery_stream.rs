@@ -491,3 +491,52 @@ async fn disable_to_strict_is_sequenced_by_acks() {
     assert_eq!(client_mode(&c5), Disable as i32);
     assert_eq!(c5.version_info, knitd.state().snapshot().version);
 }
+
+#[tokio::test]
+async fn pushes_wait_for_a_permit_freed_by_an_answer_or_its_timeout() {
+    let dir = temp_dir();
+    write_config(dir.path(), "services.yaml", BACKEND_SERVICE);
+    let knitd = Knitd::start(KnitdOptions {
+        max_concurrent_pushes: 1,
+        push_answer_timeout: Duration::from_secs(2),
+        ..loopback_options(dir.path())
+    })
+    .await
+    .unwrap_or_else(|err| panic!("start knitd: {err}"));
+    let first = |pod: &str| pb::DiscoveryRequest {
+        node: Some(node(pod)),
+        ..Default::default()
+    };
+    let connect = |pod: &'static str| {
+        let knitd = &knitd;
+        async move {
+            Proxy::connect(knitd, first(pod))
+                .await
+                .unwrap_or_else(|status| panic!("{pod} refused: {status}"))
+        }
+    };
+
+    // a holds the only permit until it answers.
+    let mut a = connect("client-a").await;
+    let config_a = a.expect_response(DEADLINE).await;
+    let mut b = connect("client-b").await;
+    let waiting = tokio::time::timeout(Duration::from_millis(500), b.responses.message()).await;
+    assert!(
+        waiting.is_err(),
+        "b was sent a config while a held the permit"
+    );
+    a.ack(&config_a).await;
+    let config_b = b.expect_response(DEADLINE).await;
+    assert_eq!(config_b.version_info, config_a.version_info);
+
+    // b never answers: its permit comes back after the 2 s timeout.
+    let mut c = connect("client-c").await;
+    let started = std::time::Instant::now();
+    let config_c = c.expect_response(DEADLINE + Duration::from_secs(2)).await;
+    assert_eq!(config_c.version_info, config_a.version_info);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "c got its config before b's permit timed out: {:?}",
+        started.elapsed()
+    );
+}

@@ -75,6 +75,11 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_POLL_INTERVAL.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     poll_interval_ms: u64,
+    /// Proxies that may hold a config they have not answered yet, at once;
+    /// the others are sent theirs as answers come in
+    #[arg(long, value_name = "N", default_value_t = knit_controlplane::push_throttle::DEFAULT_MAX_CONCURRENT_PUSHES as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_concurrent_pushes: u64,
     /// Address of the health and debug HTTP server.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_HTTP_ADDR)]
     http_addr: SocketAddr,
@@ -190,6 +195,8 @@ fn options(cli: Cli) -> Result<KnitdOptions, knit_controlplane::Error> {
         tls_sans: cli.tls_sans,
         http_addr: cli.http_addr,
         poll_interval: std::time::Duration::from_millis(cli.poll_interval_ms),
+        max_concurrent_pushes: usize::try_from(cli.max_concurrent_pushes).unwrap_or(usize::MAX),
+        push_answer_timeout: knit_controlplane::push_throttle::DEFAULT_ANSWER_TIMEOUT,
         ca,
         root_namespace: cli.root_namespace,
     })
