@@ -18,6 +18,7 @@ pub mod client_tls;
 pub mod config;
 pub mod debug_http;
 pub mod discovery;
+pub mod discovery_http;
 pub mod error;
 pub mod model;
 pub mod mtls;
@@ -37,7 +38,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use knit_proto::v1_server::certificates_server::CertificatesServer;
-use knit_proto::v1_server::discovery_server::DiscoveryServer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -186,7 +186,7 @@ impl Knitd {
         tasks.spawn({
             let mut stopped = stopped.clone();
             let server = tonic::transport::Server::builder()
-                .add_service(DiscoveryServer::new(discovery.clone()))
+                .add_service(discovery_http::DiscoveryHttp::new(discovery.clone()))
                 .add_service(CertificatesServer::new(certificates.clone()))
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(grpc_listener).map(|accepted| {
@@ -226,7 +226,7 @@ impl Knitd {
                 let mut stopped = stopped.clone();
                 let incoming = ReceiverStream::new(incoming).map(Ok::<_, std::io::Error>);
                 let server = tonic::transport::Server::builder()
-                    .add_service(DiscoveryServer::new(discovery))
+                    .add_service(discovery_http::DiscoveryHttp::new(discovery))
                     .add_service(CertificatesServer::new(certificates))
                     .serve_with_incoming_shutdown(incoming, async move {
                         shutdown::shutdown_requested(&mut stopped).await
