@@ -19,6 +19,7 @@ pub mod config;
 pub mod debug_http;
 pub mod discovery;
 pub mod discovery_http;
+pub mod discovery_response;
 pub mod error;
 pub mod model;
 pub mod mtls;
