@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use futures::Stream;
 use knit_proto::v1 as pb;
-use knit_proto::v1_server::discovery_server::Discovery;
 use knit_proto::wire::EncodedDiscoveryResponse;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 
 pub use crate::discovery_response::{
     encoded_response_for, inbound_policy, response_for, snapshot_for,
@@ -99,23 +98,15 @@ impl DiscoveryService {
     pub fn rollout(&self) -> &Arc<Rollout> {
         &self.rollout
     }
-}
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<EncodedDiscoveryResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Discovery for DiscoveryService {
-    type StreamStream = ResponseStream;
-
-    async fn stream(
-        &self,
-        request: Request<Streaming<pb::DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
-        // Answer at once and do the work in a task, so a client that waits
-        // for response headers before sending its first request still works.
+    /// Opens one proxy's `Discovery.Stream` on its decoded requests and
+    /// returns the responses (written out by [`crate::discovery_http`]).
+    /// Answers at once and does the work in a task, so a client that waits
+    /// for response headers before sending its first request still works.
+    pub fn open(&self, requests: Streaming<pb::DiscoveryRequest>) -> ResponseStream {
         let (responses, outbound) = mpsc::channel(4);
         let session = ProxyStream {
-            inbound: request.into_inner(),
+            inbound: requests,
             responses,
             rollout: Arc::clone(&self.rollout),
             registry: Arc::clone(&self.registry),
@@ -123,9 +114,12 @@ impl Discovery for DiscoveryService {
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(session.run());
-        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+        Box::pin(ReceiverStream::new(outbound))
     }
 }
+
+pub type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<EncodedDiscoveryResponse, Status>> + Send>>;
 
 /// One proxy's stream.
 struct ProxyStream {

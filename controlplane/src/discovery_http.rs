@@ -17,7 +17,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
 use knit_proto::v1 as pb;
-use knit_proto::v1_server::discovery_server::Discovery;
 use knit_proto::wire::EncodedDiscoveryResponse;
 use prost::Message;
 use tokio_stream::Stream;
@@ -79,30 +78,21 @@ impl tower::Service<http::Request<Body>> for DiscoveryHttp {
         }
         let service = self.service.clone();
         Box::pin(async move {
+            // Only the decoder is used; responses are framed below.
             let mut codec =
-                tonic_prost::ProstCodec::<EncodedDiscoveryResponse, pb::DiscoveryRequest>::default(
-                );
+                tonic_prost::ProstCodec::<pb::DiscoveryResponse, pb::DiscoveryRequest>::default();
             let requests = Streaming::new_request(
                 codec.decoder(),
                 request.into_body(),
                 None,
                 Some(MAX_REQUEST_BYTES),
             );
-            Ok(match service.stream(tonic::Request::new(requests)).await {
-                Ok(response) => {
-                    let mut http = http::Response::new(Body::new(Framed {
-                        responses: response.into_inner(),
-                        shared: None,
-                        done: false,
-                    }));
-                    http.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/grpc"),
-                    );
-                    http
-                }
-                Err(status) => status.into_http(),
-            })
+            let mut http = http::Response::new(Body::new(Framed::new(service.open(requests))));
+            http.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            Ok(http)
         })
     }
 }
@@ -114,6 +104,16 @@ struct Framed<S> {
     /// The shared part of the response whose head went out last.
     shared: Option<Bytes>,
     done: bool,
+}
+
+impl<S> Framed<S> {
+    fn new(responses: S) -> Framed<S> {
+        Framed {
+            responses,
+            shared: None,
+            done: false,
+        }
+    }
 }
 
 impl<S> http_body::Body for Framed<S>
@@ -193,14 +193,24 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    fn response(version: &str, shared: &'static [u8]) -> EncodedDiscoveryResponse {
+    fn response(version: &str, shared: Bytes) -> EncodedDiscoveryResponse {
         EncodedDiscoveryResponse {
             head: pb::DiscoveryResponse {
                 version_info: version.to_owned(),
                 ..Default::default()
             },
-            shared: Bytes::from_static(shared),
+            shared,
         }
+    }
+
+    /// The body of `items` as sent: its bytes and its trailers.
+    async fn collect(items: Vec<Result<EncodedDiscoveryResponse, Status>>) -> (Bytes, HeaderMap) {
+        let collected = Framed::new(tokio_stream::iter(items))
+            .collect()
+            .await
+            .expect("body");
+        let trailers = collected.trailers().cloned().expect("trailers");
+        (collected.to_bytes(), trailers)
     }
 
     #[tokio::test]
@@ -212,28 +222,12 @@ mod tests {
             }],
             &[],
         );
-        let items = vec![
-            Ok(EncodedDiscoveryResponse {
-                head: pb::DiscoveryResponse {
-                    version_info: "v1".to_owned(),
-                    ..Default::default()
-                },
-                shared: shared.clone(),
-            }),
-            Ok(response("v2", b"")),
-        ];
-        let body = Framed {
-            responses: tokio_stream::iter(items),
-            shared: None,
-            done: false,
-        };
-        let collected = body.collect().await.expect("body");
-        let trailers = collected.trailers().cloned().expect("trailers");
+        let items = vec![Ok(response("v1", shared)), Ok(response("v2", Bytes::new()))];
+        let (mut bytes, trailers) = collect(items).await;
         assert_eq!(
             trailers.get("grpc-status").map(|v| v.as_bytes()),
             Some(&b"0"[..])
         );
-        let mut bytes = collected.to_bytes();
         let mut versions = Vec::new();
         while !bytes.is_empty() {
             assert_eq!(bytes[0], 0, "uncompressed");
@@ -249,16 +243,10 @@ mod tests {
     #[tokio::test]
     async fn an_error_ends_the_body_with_its_status() {
         let items = vec![
-            Ok(response("v1", b"")),
+            Ok(response("v1", Bytes::new())),
             Err(Status::invalid_argument("no node")),
         ];
-        let body = Framed {
-            responses: tokio_stream::iter(items),
-            shared: None,
-            done: false,
-        };
-        let collected = body.collect().await.expect("body");
-        let trailers = collected.trailers().cloned().expect("trailers");
+        let (_, trailers) = collect(items).await;
         assert_eq!(
             trailers.get("grpc-status").map(|v| v.as_bytes()),
             Some(&b"3"[..])

@@ -38,7 +38,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use knit_proto::v1_server::certificates_server::CertificatesServer;
+use knit_proto::v1::certificates_server::CertificatesServer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;

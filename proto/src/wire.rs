@@ -4,13 +4,12 @@
 //! fields in any order and append repeated fields, so head ++ shared is a
 //! valid encoding of the whole message.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use prost::Message;
-use prost::encoding::{DecodeContext, WireType};
 
 use crate::v1::{DiscoveryResponse, Service, ServiceEndpoints};
 
-/// What knitd's Discovery server sends.
+/// What knitd's Discovery server sends (framed by knitd's `discovery_http`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EncodedDiscoveryResponse {
     /// Every field but `services` and `endpoints` (those left empty).
@@ -39,30 +38,18 @@ pub fn encode_shared(services: &[Service], endpoints: &[ServiceEndpoints]) -> By
 const SERVICES: u32 = 3;
 const ENDPOINTS: u32 = 4;
 
-impl Message for EncodedDiscoveryResponse {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        self.head.encode_raw(buf);
-        buf.put_slice(&self.shared);
-    }
-
-    /// Decoding puts every field in `head` (and leaves `shared` empty).
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        self.head.merge_field(tag, wire_type, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
+impl EncodedDiscoveryResponse {
+    /// Length of the whole encoded message (head and shared part).
+    pub fn encoded_len(&self) -> usize {
         self.head.encoded_len() + self.shared.len()
     }
 
-    fn clear(&mut self) {
-        self.head.clear();
-        self.shared = Bytes::new();
+    /// The whole message as one buffer: head, then shared part.
+    pub fn encode_to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.extend_from_slice(&self.head.encode_to_vec());
+        out.extend_from_slice(&self.shared);
+        out
     }
 }
 
@@ -108,8 +95,5 @@ mod tests {
         assert_eq!(bytes.len(), split.encoded_len());
         assert_eq!(bytes.len(), whole.encoded_len());
         assert_eq!(DiscoveryResponse::decode(bytes.as_slice()).unwrap(), whole);
-        // Decoding the split type gathers everything into the head.
-        let back = EncodedDiscoveryResponse::decode(bytes.as_slice()).unwrap();
-        assert_eq!((back.head, back.shared.len()), (whole, 0));
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use knit_proto::v1 as pb;
-use knit_proto::v1_server::certificates_server::Certificates;
+use knit_proto::v1::certificates_server::Certificates;
 use tonic::{Request, Response, Status};
 
 use super::auth::{CallerAuthenticator, CallerIdentity, bearer_token};
