@@ -392,6 +392,9 @@ fn connection_manager(stat_prefix: &str, route_config: &str, extra: &str) -> Str
 
 const CIRCUIT_BREAKERS: &str = "    circuit_breakers:\n      thresholds:\n      - {max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295}\n";
 
+/// A cluster's upstream protocol: h2.
+const UPSTREAM_HTTP2: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {}\n";
+
 fn header(node: &str, stats: &[&str]) -> String {
     let patterns: String = stats
         .iter()
@@ -454,12 +457,7 @@ fn client_bootstrap(files: &BootstrapFiles<'_>, server_ip: &str, server_id: &str
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: {server_ip}, port_value: {SERVER_LISTEN_PORT}}}}}}}
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {{}}
-    transport_socket:
+{UPSTREAM_HTTP2}    transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
@@ -541,12 +539,7 @@ fn server_bootstrap(files: &BootstrapFiles<'_>) -> String {
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {grpc_port}}}}}}}
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {{}}
-"#,
+{UPSTREAM_HTTP2}"#,
         grpc_port = crate::topology::GRPC_PORT,
         header = header(
             "bench-server-sidecar",

@@ -640,17 +640,11 @@ mod tests {
             },
             Scenario {
                 handshakes: true,
+                grpc: true,
                 ..Scenario::preset("e").unwrap()
-            }
-            .with_grpc(),
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
-        }
-    }
-
-    impl Scenario {
-        fn with_grpc(self) -> Scenario {
-            Scenario { grpc: true, ..self }
         }
     }
 

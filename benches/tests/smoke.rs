@@ -89,17 +89,9 @@ fn smoke_mode_measures_every_contender() {
         } else {
             "none"
         };
-        let seen: u64 = security
-            .iter()
-            .filter(|pair| pair[0] == expected)
-            .filter_map(|pair| pair[1].as_u64())
-            .sum();
+        let seen = counted(security, |policy| policy == expected);
         assert!(seen >= sent, "{name}: {security:?}, sent {sent}");
-        let other: u64 = security
-            .iter()
-            .filter(|pair| pair[0] != expected)
-            .filter_map(|pair| pair[1].as_u64())
-            .sum();
+        let other = counted(security, |policy| policy != expected);
         assert_eq!(other, 0, "{name}: {security:?}");
     }
     let samples = report["samples"].as_array().expect("samples");
@@ -109,6 +101,16 @@ fn smoke_mode_measures_every_contender() {
         assert!(s["wall_s"].as_f64().unwrap_or(0.0) > 0.0, "{s}");
     }
     assert!(report["machine"]["cpus"].as_u64().unwrap_or(0) >= 1);
+}
+
+/// The requests a server proxy counted under the security policies
+/// `matches` accepts (`server_security` pairs of policy and count).
+fn counted(security: &[Value], matches: impl Fn(&str) -> bool) -> u64 {
+    security
+        .iter()
+        .filter(|pair| matches(pair[0].as_str().unwrap_or_default()))
+        .filter_map(|pair| pair[1].as_u64())
+        .sum()
 }
 
 /// Runs knit-bench with `args` into a temp dir and returns the JSON
@@ -166,11 +168,7 @@ fn handshake_scenario_opens_a_connection_per_request_on_each_mtls_pair() {
         let security = c["server_security"].as_array().expect("security");
         if c["name"] == "knit-mtls" {
             // Every request arrived over mutual TLS.
-            let mtls: u64 = security
-                .iter()
-                .filter(|p| p[0] == "mutual_tls")
-                .filter_map(|p| p[1].as_u64())
-                .sum();
+            let mtls = counted(security, |policy| policy == "mutual_tls");
             assert!(mtls >= sent, "{security:?} for {sent} requests");
         } else {
             // One handshake per request (and the warm-up's).
@@ -238,11 +236,7 @@ fn grpc_scenario_makes_checked_unary_calls_through_every_contender() {
         assert!(sent > 0 && c["errors"] == 0, "{c}");
         if c["name"] == "knit-mtls" {
             let security = c["server_security"].as_array().expect("security");
-            let mtls: u64 = security
-                .iter()
-                .filter(|p| p[0] == "mutual_tls")
-                .filter_map(|p| p[1].as_u64())
-                .sum();
+            let mtls = counted(security, |policy| policy == "mutual_tls");
             assert!(mtls >= sent, "{security:?} for {sent} calls");
         }
     }
