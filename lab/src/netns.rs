@@ -18,6 +18,13 @@ use crate::process::{Tools, run_checked, signal};
 
 /// The bridge in the node namespace that every pod's veth is attached to.
 pub const BRIDGE: &str = "knit0";
+/// The bridge's own MAC address, set when it is created (locally
+/// administered, unicast). A bridge left to choose takes the lowest MAC of
+/// its ports and changes it whenever a pod joins with a lower one; pods
+/// still holding the old address in their neighbour cache then lose
+/// everything they send to the node (knitd) until that entry expires,
+/// tens of seconds later.
+pub const NODE_MAC: &str = "02:6b:6e:69:74:01";
 /// The node's address on the bridge; every pod's default gateway.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// Prefix length of the pod network 198.18.0.0/16.
@@ -138,7 +145,9 @@ pub(crate) fn setup_node(tools: &Tools, node: &str, dual_stack: bool) -> Result<
         disable_dad(tools, node)?;
     }
     ip(tools, &["-n", node, "link", "set", "lo", "up"])?;
-    let mut add = vec!["-n", node, "link", "add", BRIDGE, "type", "bridge"];
+    let mut add = vec![
+        "-n", node, "link", "add", BRIDGE, "address", NODE_MAC, "type", "bridge",
+    ];
     if dual_stack {
         // Without an MLD querier, snooping may stop forwarding the
         // neighbour solicitations IPv6 needs; the lab bridge floods instead.

@@ -121,6 +121,60 @@ fn pods_without_sidecars_talk_directly_over_the_bridge() {
     assert_eq!(gone.failed, 1, "{gone:?}");
 }
 
+/// The MAC that `ip -n ns -o <what>` prints: a link's own address for
+/// `link show …`, a neighbour's for `neigh show …`.
+fn lladdr(ns: &str, what: &[&str]) -> String {
+    let mut args = vec!["-n", ns, "-o"];
+    args.extend_from_slice(what);
+    let out = host_ip(&args);
+    let mut words = out.split_whitespace();
+    let key = if what[0] == "link" {
+        "link/ether"
+    } else {
+        "lladdr"
+    };
+    words
+        .find(|w| *w == key)
+        .and_then(|_| words.next())
+        .unwrap_or_else(|| panic!("no {key} in `ip {}`: {out}", args.join(" ")))
+        .to_string()
+}
+
+/// Pods reach the node (knitd) at one MAC for the lab's whole life: a
+/// bridge that took its ports' lowest MAC would move whenever a pod joined,
+/// and every pod that had already talked to the node would lose what it
+/// sends there until its neighbour entry expired.
+#[test]
+fn the_node_keeps_one_mac_as_pods_join() {
+    let mut lab = new_lab("nodemac");
+    let a = lab.add_pod(PodSpec::new("pod-a")).or_logs(&lab);
+    let node = lab.node_netns().to_string();
+    let bridge = || lladdr(&node, &["link", "show", "dev", knit_lab::netns::BRIDGE]);
+    assert_eq!(bridge(), knit_lab::netns::NODE_MAC);
+
+    // pod-a talks to the node (nothing listens on 9: refused, but resolved).
+    let node_url = format!("http://{}:9/", knit_lab::netns::NODE_IP);
+    let probe = ClientSpec::new(&node_url).timeout(Duration::from_secs(2));
+    let first = lab.run_client("pod-a", &probe).or_logs(&lab);
+    assert!(first.errors[0].contains("refused"), "{first:?}");
+    let cached = || {
+        lladdr(
+            &a.netns,
+            &["neigh", "show", &knit_lab::netns::NODE_IP.to_string()],
+        )
+    };
+    assert_eq!(cached(), knit_lab::netns::NODE_MAC);
+
+    for n in 0..6 {
+        lab.add_pod(PodSpec::new(&format!("pod-{n}"))).or_logs(&lab);
+    }
+    assert_eq!(bridge(), knit_lab::netns::NODE_MAC);
+    // The node still answers pod-a at the address it cached.
+    let again = lab.run_client("pod-a", &probe).or_logs(&lab);
+    assert!(again.errors[0].contains("refused"), "{again:?}");
+    assert_eq!(cached(), knit_lab::netns::NODE_MAC);
+}
+
 #[test]
 fn service_names_resolve_to_vips_inside_pods() {
     let mut lab = new_lab("names");

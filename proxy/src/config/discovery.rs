@@ -15,6 +15,7 @@ use super::backoff::Backoff;
 use super::snapshot::Snapshot;
 use crate::context::ProxyContext;
 use crate::control_plane::ControlPlaneTarget;
+use crate::error::error_chain;
 use crate::stats::inc;
 
 /// How long a stream must last before the reconnect backoff starts over.
@@ -33,7 +34,8 @@ pub struct ControlPlaneClient {
 /// Why one stream ended.
 #[derive(Debug, thiserror::Error)]
 enum StreamEnd {
-    #[error("connect: {0}")]
+    /// The whole chain: tonic's own text is only "transport error".
+    #[error("connect: {}", error_chain(.0))]
     Connect(#[from] tonic::transport::Error),
     #[error("{0}")]
     Setup(String),
@@ -149,5 +151,27 @@ impl ControlPlaneClient {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// "connect: transport error" alone told an operator nothing; the
+    /// cause (refused, timed out, TLS) must be in the log line.
+    #[tokio::test]
+    async fn a_failed_connect_names_its_cause() {
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = unused.local_addr().expect("addr");
+        drop(unused);
+        let err = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("url")
+            .connect()
+            .await
+            .expect_err("nothing listens");
+        let text = StreamEnd::from(err).to_string();
+        assert!(text.starts_with("connect: transport error: "), "{text}");
+        assert!(text.to_lowercase().contains("refused"), "{text}");
     }
 }

@@ -21,6 +21,7 @@ use super::csr::WorkloadKey;
 use super::verify::chain_root;
 use super::{IdentityError, SpiffeId, SpiffeIdError, SpiffeServerVerifier, TrustBundle};
 use crate::control_plane::ControlPlaneTarget;
+use crate::error::error_chain;
 
 /// How long to wait for the TCP (and HTTP/2) connection to the CA.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -371,22 +372,6 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{byte:02x}");
     }
     out
-}
-
-/// An error and its sources, `: `-separated: tonic's transport errors say
-/// only "transport error" at the top; the cause is further down.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
