@@ -211,7 +211,7 @@ impl HttpHandler for InboundHttp {
                 direct_version: same_major_version(req.version()),
                 mesh: &self.ctx.pools.mesh,
                 identity: None,
-                fallback_authority: app.to_string(),
+                fallback_authority: app,
                 // One attempt: there is only one local app to try.
                 attempts: 1,
             };

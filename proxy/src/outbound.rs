@@ -205,10 +205,10 @@ struct OutboundHttp {
 
 impl OutboundHttp {
     /// Picks where the next attempt goes; remembers the endpoint for metrics.
-    fn pick(
+    fn pick<'t>(
         &self,
-        target: Option<&ServiceTarget>,
-        picked: &mut Option<(Endpoint, Upstream)>,
+        target: Option<&'t ServiceTarget>,
+        picked: &mut Option<(&'t Endpoint, Upstream)>,
     ) -> Result<Upstream, Error> {
         match target {
             // The service disappeared under a live connection: go where the
@@ -220,17 +220,17 @@ impl OutboundHttp {
                     port: target.port,
                 })?;
                 let upstream = self.ctx.upstream_for(target, ep)?;
-                *picked = Some((ep.clone(), upstream.clone()));
+                *picked = Some((ep, upstream.clone()));
                 Ok(upstream)
             }
         }
     }
 
-    async fn route_and_forward(
+    async fn route_and_forward<'t>(
         &self,
         mut req: Request<Incoming>,
-        target: Option<&ServiceTarget>,
-        picked: &mut Option<(Endpoint, Upstream)>,
+        target: Option<&'t ServiceTarget>,
+        picked: &mut Option<(&'t Endpoint, Upstream)>,
     ) -> Result<Response<Body>, Error> {
         strip_knit_headers(req.headers_mut());
         let service = target.map_or(UNKNOWN, |t| t.hostname.as_str());
@@ -273,7 +273,7 @@ impl OutboundHttp {
             direct_version: same_major_version(req.version()),
             mesh: &self.ctx.pools.mesh,
             identity: self.ctx.current_identity(),
-            fallback_authority: self.orig_dst.to_string(),
+            fallback_authority: self.orig_dst.0,
             attempts: UPSTREAM_ATTEMPTS,
         };
         forward(&route, req, || self.pick(target, picked)).await
@@ -287,8 +287,9 @@ impl HttpHandler for OutboundHttp {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let stats = &self.ctx.stats.outbound;
         inc(&stats.http_requests);
+        // For the log line of a failure; cloning shares the bytes.
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        let uri = req.uri().clone();
         let target = self.ctx.config.load().lookup(self.orig_dst.0).cloned();
         let mut picked = None;
         let resp = match self
@@ -298,13 +299,13 @@ impl HttpHandler for OutboundHttp {
             Ok(resp) => resp,
             Err(e) => {
                 stats.errors.record(e.reason());
-                warn!(client = %self.client, orig_dst = %self.orig_dst, %method, %path, reason = e.reason(), error = %e, "outbound request failed");
+                warn!(client = %self.client, orig_dst = %self.orig_dst, %method, path = uri.path(), reason = e.reason(), error = %e, "outbound request failed");
                 error_response(&e)
             }
         };
         let service = target.as_deref().map_or(UNKNOWN, |t| t.hostname.as_str());
         let (ep, upstream) = match &picked {
-            Some((ep, upstream)) => (Some(ep), Some(upstream)),
+            Some((ep, upstream)) => (Some(*ep), Some(upstream)),
             None => (None, None),
         };
         self.ctx.metrics.request(

@@ -4,6 +4,7 @@
 //! port, where the request rides the shared HTTP/2 connection and says
 //! which app port it is for.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, Version};
@@ -29,7 +30,7 @@ pub struct Route<'a> {
     pub mesh: &'a MeshPool,
     pub identity: Option<Arc<WorkloadIdentity>>,
     /// Stands in for a missing Host header (HTTP/1.0 clients).
-    pub fallback_authority: String,
+    pub fallback_authority: SocketAddr,
     /// Connection attempts per request, the first included.
     pub attempts: usize,
 }
@@ -78,9 +79,9 @@ pub async fn forward(
                 .send(*addr, req)
                 .await
                 .map_err(|e| (e.error, e.unsent)),
-            Upstream::Tls { addr, tls } => route
-                .direct
-                .send_tls(*addr, tls, req)
+            // Boxed: originated TLS holds its handshake state in the
+            // future, which would otherwise weigh on every request's.
+            Upstream::Tls { addr, tls } => Box::pin(route.direct.send_tls(*addr, tls, req))
                 .await
                 .map_err(|e| (e.error, e.unsent)),
             Upstream::Mesh { peer, identity, .. } => {
@@ -119,12 +120,12 @@ fn shape(
         // Over originated TLS the pool settles the version once it knows
         // what the server chose.
         Upstream::Direct(_) | Upstream::Tls { .. } => {
-            prepare_for_upstream(req, route.direct_version, &route.fallback_authority)?;
+            prepare_for_upstream(req, route.direct_version, Some(route.fallback_authority))?;
             // Mesh metadata is for proxies; an app never sees it.
             strip_knit_headers(req.headers_mut());
         }
         Upstream::Mesh { target_port, .. } => {
-            prepare_for_upstream(req, Version::HTTP_2, &route.fallback_authority)?;
+            prepare_for_upstream(req, Version::HTTP_2, Some(route.fallback_authority))?;
             let headers = req.headers_mut();
             headers.insert(TARGET_PORT_HEADER, HeaderValue::from(*target_port));
             if downstream_version == Version::HTTP_2 {

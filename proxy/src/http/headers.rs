@@ -1,6 +1,8 @@
 //! Header hygiene between hops: hop-by-hop headers never cross the proxy,
 //! and the request is put in the form the upstream HTTP version expects.
 
+use std::net::SocketAddr;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri, Version, uri};
 
@@ -58,21 +60,24 @@ pub fn strip_knit_headers(headers: &mut HeaderMap) {
 /// plus `Host`; HTTP/2 wants scheme and authority in the URI.
 ///
 /// `fallback_authority` (the original destination) stands in for the Host
-/// header that HTTP/1.0 clients may omit.
+/// header that HTTP/1.0 clients may omit; it is formatted only then.
 pub fn prepare_for_upstream<B>(
     req: &mut Request<B>,
     version: Version,
-    fallback_authority: &str,
+    fallback_authority: Option<SocketAddr>,
 ) -> Result<(), Error> {
     let authority = match (req.uri().authority(), req.headers().get(header::HOST)) {
         (Some(a), _) => a.clone(),
         (None, Some(host)) => uri::Authority::try_from(host.as_bytes())
             .map_err(|_| Error::BadRequest(format!("invalid Host header {host:?}")))?,
-        (None, None) => uri::Authority::try_from(fallback_authority).map_err(|_| {
-            Error::BadRequest(format!(
-                "no Host header and no usable authority in {fallback_authority:?}"
-            ))
-        })?,
+        (None, None) => {
+            let fallback = fallback_authority.ok_or_else(|| {
+                Error::BadRequest("no Host header and no authority in the request target".into())
+            })?;
+            uri::Authority::try_from(fallback.to_string()).map_err(|_| {
+                Error::BadRequest(format!("no Host header, and {fallback} is no authority"))
+            })?
+        }
     };
     let path = req
         .uri()
@@ -104,7 +109,7 @@ pub fn prepare_for_upstream<B>(
 pub fn prepare_for_tls_upstream<B>(req: &mut Request<B>, version: Version) -> Result<(), Error> {
     // The authority is in the URI or the Host header by now, so no
     // fallback is needed.
-    prepare_for_upstream(req, version, "")?;
+    prepare_for_upstream(req, version, None)?;
     if version == Version::HTTP_2 {
         let mut parts = req.uri().clone().into_parts();
         parts.scheme = Some(uri::Scheme::HTTPS);
@@ -116,6 +121,11 @@ pub fn prepare_for_tls_upstream<B>(req: &mut Request<B>, version: Version) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FALLBACK: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 0, 10)),
+        80,
+    );
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
@@ -185,7 +195,7 @@ mod tests {
                 req = req.header(header::HOST, host);
             }
             let mut req = req.body(()).expect("request");
-            prepare_for_upstream(&mut req, version, "198.19.0.10:80").expect("prepared");
+            prepare_for_upstream(&mut req, version, Some(FALLBACK)).expect("prepared");
             assert_eq!(req.uri().to_string(), want_uri, "{uri}");
             assert_eq!(
                 req.headers()
@@ -205,7 +215,7 @@ mod tests {
             .header(header::HOST, "api.example.com")
             .body(())
             .expect("request");
-        prepare_for_upstream(&mut req, Version::HTTP_11, "198.19.0.10:443").expect("shaped");
+        prepare_for_upstream(&mut req, Version::HTTP_11, Some(FALLBACK)).expect("shaped");
         prepare_for_tls_upstream(&mut req, Version::HTTP_2).expect("h2");
         assert_eq!(req.uri().to_string(), "https://api.example.com/a?b=1");
         assert!(req.headers().get(header::HOST).is_none());
@@ -221,11 +231,11 @@ mod tests {
             .version(Version::HTTP_10)
             .body(())
             .expect("request");
-        prepare_for_upstream(&mut req, Version::HTTP_11, "198.19.0.10:80").expect("fallback");
+        prepare_for_upstream(&mut req, Version::HTTP_11, Some(FALLBACK)).expect("fallback");
         assert_eq!(req.headers()[header::HOST], "198.19.0.10:80");
 
         let mut req = Request::builder().uri("/").body(()).expect("request");
-        let err = prepare_for_upstream(&mut req, Version::HTTP_11, "not a host").expect_err("bad");
+        let err = prepare_for_upstream(&mut req, Version::HTTP_11, None).expect_err("bad");
         assert_eq!(err.reason(), "bad_request");
     }
 }

@@ -303,9 +303,13 @@ where
         service_fn(move |req| {
             let handler = handler.clone();
             let resets = resets.clone();
-            async move {
+            // Boxed: hyper spawns each stream as a task holding this
+            // future, and tokio moves a task's future several times over
+            // its life; a pointer moves cheaper than the request's whole
+            // state (kilobytes once it holds an upstream send).
+            Box::pin(async move {
                 Ok::<_, Infallible>(http2_request(&*handler, &resets, &request_limits, req).await)
-            }
+            })
         })
     };
     let conn = http2_builder(limits).serve_connection(TokioIo::new(stream), service);

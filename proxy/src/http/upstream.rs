@@ -171,8 +171,27 @@ impl UpstreamPool {
                 },
             }
         }
-        let io = match connect().await {
-            Ok(io) => io,
+        // Boxed: a warm pool rarely connects, and the connect and
+        // handshake state would otherwise be part of every request's
+        // future (copied each time hyper or tokio moves it).
+        // Only the sender comes out: the connection's own state (buffers
+        // included) goes straight to its driver task.
+        let connected = Box::pin(async move {
+            let io = connect().await?;
+            let (sender, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|source| Error::UpstreamHandshake { addr, source })?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
+                }
+            });
+            Ok::<_, Error>(sender)
+        })
+        .await;
+        let mut sender = match connected {
+            Ok(sender) => sender,
             Err(error) => {
                 return Err(SendError {
                     error,
@@ -180,21 +199,6 @@ impl UpstreamPool {
                 });
             }
         };
-        let (mut sender, conn) = match http1::Builder::new().handshake(io).await {
-            Ok(handshake) => handshake,
-            Err(source) => {
-                let error = Error::UpstreamHandshake { addr, source };
-                return Err(SendError {
-                    error,
-                    unsent: Some(req),
-                });
-            }
-        };
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
-            }
-        });
         let resp = sender
             .send_request(req)
             .await
@@ -292,8 +296,12 @@ impl UpstreamPool {
         if let Some(sender) = slot.as_ref().filter(|s| s.is_ready() && !s.is_closed()) {
             return Ok(sender.clone());
         }
-        let io = self.connect(addr).await?;
-        let sender = h2_handshake(addr, io).await?;
+        // Boxed, as in `send_h1_keyed`.
+        let sender = Box::pin(async {
+            let io = self.connect(addr).await?;
+            h2_handshake(addr, io).await
+        })
+        .await?;
         *slot = Some(sender.clone());
         Ok(sender)
     }

@@ -164,9 +164,31 @@ impl SpiffeId {
         // valid four-segment path.
         validate_segment(namespace)?;
         validate_segment(service_account)?;
-        Self::parse(&format!(
-            "{PREFIX}{trust_domain}/ns/{namespace}/sa/{service_account}"
-        ))
+        // Built, not formatted and parsed again: a client proxy derives
+        // its peer's ID on every request. The trust domain is valid by
+        // type and the segments were just checked, so only the length is
+        // left.
+        let td = trust_domain.as_str();
+        let len = PREFIX.len() + td.len() + "/ns/".len() + namespace.len() + "/sa/".len();
+        let len = len + service_account.len();
+        if len > MAX_SPIFFE_ID_LEN {
+            return Err(SpiffeIdError::TooLong(len));
+        }
+        let mut uri = String::with_capacity(len);
+        for part in [PREFIX, td, "/ns/", namespace, "/sa/"] {
+            uri.push_str(part);
+        }
+        let td_end = PREFIX.len() + td.len();
+        let ns_start = td_end + "/ns/".len();
+        let ns = (ns_start, ns_start + namespace.len());
+        let sa_start = ns.1 + "/sa/".len();
+        uri.push_str(service_account);
+        Ok(Self {
+            uri,
+            td_end,
+            ns,
+            sa_start,
+        })
     }
 
     /// The whole ID, e.g. `spiffe://cluster.local/ns/default/sa/backend`.
@@ -467,6 +489,30 @@ mod tests {
         let id = SpiffeId::workload(&td, "default", "backend").expect("valid");
         assert_eq!(id.as_str(), "spiffe://cluster.local/ns/default/sa/backend");
         assert_eq!(id, SpiffeId::parse(id.as_str()).expect("round trip"));
+        // Built directly, it has the parts parsing finds.
+        for (td, ns, sa) in [
+            ("cluster.local", "default", "backend"),
+            ("td", "n", "s"),
+            ("a.b-c_d", "ns.with-dots_", "sa"),
+        ] {
+            let td = TrustDomain::new(td).expect("valid");
+            let built = SpiffeId::workload(&td, ns, sa).expect("valid");
+            let parsed = SpiffeId::parse(built.as_str()).expect("valid");
+            let parts = |id: &SpiffeId| {
+                (
+                    id.trust_domain().to_owned(),
+                    id.namespace().to_owned(),
+                    id.service_account().to_owned(),
+                )
+            };
+            assert_eq!(parts(&built), parts(&parsed));
+            assert_eq!(parts(&built), (td.as_str().into(), ns.into(), sa.into()));
+        }
+        let long = "s".repeat(MAX_SPIFFE_ID_LEN);
+        assert!(matches!(
+            SpiffeId::workload(&td, "default", &long),
+            Err(SpiffeIdError::TooLong(_))
+        ));
         // A '/' cannot smuggle in segments, even when the result would
         // otherwise be a well-formed workload ID.
         assert_eq!(

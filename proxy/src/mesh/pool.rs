@@ -120,10 +120,23 @@ impl MeshPool {
         if let Some(sender) = slot.as_ref().filter(|s| s.is_ready() && !s.is_closed()) {
             return Ok(sender.clone());
         }
+        // Boxed: connecting is rare, and its TLS handshake state would
+        // otherwise be part of every request's future.
+        let sender = Box::pin(self.connect(peer, tls)).await?;
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// A new connection to `peer`, mutual TLS when `tls` says so.
+    async fn connect(
+        &self,
+        peer: SocketAddr,
+        tls: Option<(&WorkloadIdentity, &SpiffeId)>,
+    ) -> Result<http2::SendRequest<Body>, Error> {
         let tcp = connect_tcp(peer, self.connect_timeout).await?;
         self.opened.fetch_add(1, Ordering::Relaxed);
-        let sender = match tls {
-            None => handshake(peer, tcp).await?,
+        match tls {
+            None => handshake(peer, tcp).await,
             Some((identity, expected)) => {
                 let config = identity
                     .client_config(expected)
@@ -141,11 +154,9 @@ impl MeshPool {
                     .map_err(|e| mesh_tls_error(peer, &e))?;
                 self.opened_tls.fetch_add(1, Ordering::Relaxed);
                 info!(%peer, expected = %expected, "mutual TLS to peer proxy established");
-                handshake(peer, stream).await?
+                handshake(peer, stream).await
             }
-        };
-        *slot = Some(sender.clone());
-        Ok(sender)
+        }
     }
 }
 

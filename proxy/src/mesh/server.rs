@@ -252,7 +252,7 @@ impl MeshInbound {
             direct_version: app_version,
             mesh: &self.ctx.pools.mesh,
             identity: None,
-            fallback_authority: app.to_string(),
+            fallback_authority: app,
             attempts: 1,
         };
         forward(&route, req, || Ok(Upstream::Direct(app))).await
