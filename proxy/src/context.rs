@@ -25,7 +25,7 @@ fn endpoint_identity(
 ) -> Result<SpiffeId, crate::error::Error> {
     SpiffeId::workload(manager.trust_domain(), &ep.namespace, &ep.service_account).map_err(|e| {
         crate::error::Error::EndpointIdentity {
-            workload: ep.workload.clone(),
+            workload: ep.workload.to_string(),
             detail: e.to_string(),
         }
     })
@@ -179,8 +179,8 @@ impl Pools {
 /// This proxy's workload, for metrics and for peers.
 #[derive(Debug, Clone)]
 pub struct NodeMeta {
-    pub workload: String,
-    pub namespace: String,
+    pub workload: crate::metrics::LabelValue,
+    pub namespace: crate::metrics::LabelValue,
 }
 
 pub struct ProxyContext {
@@ -204,8 +204,8 @@ impl ProxyContext {
         ProxyContext {
             metrics: crate::metrics::Metrics::default(),
             node: NodeMeta {
-                workload: crate::metrics::UNKNOWN.into(),
-                namespace: crate::metrics::UNKNOWN.into(),
+                workload: crate::metrics::unknown(),
+                namespace: crate::metrics::unknown(),
             },
             config: ConfigStore::default(),
             stats: Stats::default(),

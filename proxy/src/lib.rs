@@ -80,8 +80,8 @@ pub struct ProxyOptions {
 pub async fn run(opts: ProxyOptions, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let mut ctx = ProxyContext::new(opts.settings.clone());
     ctx.node = context::NodeMeta {
-        workload: opts.node.pod_name.clone(),
-        namespace: opts.node.namespace.clone(),
+        workload: opts.node.pod_name.as_str().into(),
+        namespace: opts.node.namespace.as_str().into(),
     };
     for ip in &opts.node.pod_ips {
         let parsed = ip

@@ -34,17 +34,22 @@ pub enum SecurityPolicy {
     none,
 }
 
+/// A label value. Shared: the values come from long-lived config (this
+/// proxy's workload, the snapshot's services and endpoints, SPIFFE IDs),
+/// so labelling a request clones pointers, not strings.
+pub type LabelValue = Arc<str>;
+
 /// The labels of one request or connection, Istio's standard set.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TrafficLabels {
     pub reporter: Reporter,
-    pub source_workload: String,
-    pub source_namespace: String,
-    pub source_principal: String,
-    pub destination_service: String,
-    pub destination_workload: String,
-    pub destination_namespace: String,
-    pub destination_principal: String,
+    pub source_workload: LabelValue,
+    pub source_namespace: LabelValue,
+    pub source_principal: LabelValue,
+    pub destination_service: LabelValue,
+    pub destination_workload: LabelValue,
+    pub destination_namespace: LabelValue,
+    pub destination_principal: LabelValue,
     pub connection_security_policy: SecurityPolicy,
 }
 
@@ -56,6 +61,12 @@ pub struct RequestLabels {
 }
 
 pub const UNKNOWN: &str = "unknown";
+
+/// [`UNKNOWN`] as a label value, allocated once.
+pub fn unknown() -> LabelValue {
+    static VALUE: std::sync::LazyLock<LabelValue> = std::sync::LazyLock::new(|| UNKNOWN.into());
+    VALUE.clone()
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -332,7 +343,7 @@ impl Collector for IdentityMetrics {
 
 /// A label value taken from peer metadata: kept only if it looks like a
 /// Kubernetes name (so nothing unbounded or odd becomes a label).
-pub fn mesh_name(value: Option<&str>) -> String {
+pub fn mesh_name(value: Option<&str>) -> LabelValue {
     match value {
         Some(v)
             if !v.is_empty()
@@ -341,9 +352,9 @@ pub fn mesh_name(value: Option<&str>) -> String {
                     b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
                 }) =>
         {
-            v.to_owned()
+            v.into()
         }
-        _ => UNKNOWN.to_owned(),
+        _ => unknown(),
     }
 }
 
@@ -497,7 +508,7 @@ mod tests {
             (None, UNKNOWN),
         ];
         for (input, want) in cases {
-            assert_eq!(mesh_name(input), want, "{input:?}");
+            assert_eq!(&*mesh_name(input), want, "{input:?}");
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::http::{Body, error_response, headers::strip_knit_headers};
 use crate::listener::{accept_loop, record_detection};
 use crate::mesh::client::open_tunnel;
 use crate::mesh::source_metadata;
-use crate::metrics::{Reporter, SecurityPolicy, TrafficLabels, UNKNOWN};
+use crate::metrics::{LabelValue, Reporter, SecurityPolicy, TrafficLabels, UNKNOWN, unknown};
 use crate::stats::inc;
 use crate::tcp;
 use crate::upstream_tls::TlsUse;
@@ -145,7 +145,7 @@ async fn forward_tcp_to_service(
         };
         ctx.metrics.tcp_opened(source_labels(
             ctx,
-            &target.hostname,
+            Some(&target.hostname),
             Some(ep),
             Some(&upstream),
         ));
@@ -165,7 +165,7 @@ async fn forward_tcp_to_service(
 /// to prove.
 fn source_labels(
     ctx: &ProxyContext,
-    service: &str,
+    service: Option<&LabelValue>,
     ep: Option<&Endpoint>,
     upstream: Option<&Upstream>,
 ) -> TrafficLabels {
@@ -177,16 +177,16 @@ fn source_labels(
     };
     let own_id = peer_id
         .and(ctx.current_identity())
-        .map(|own| own.id.to_string());
+        .map(|own| own.id.shared());
     TrafficLabels {
         reporter: Reporter::source,
         source_workload: ctx.node.workload.clone(),
         source_namespace: ctx.node.namespace.clone(),
-        source_principal: own_id.unwrap_or_else(|| UNKNOWN.into()),
-        destination_service: service.to_owned(),
-        destination_workload: ep.map_or_else(|| UNKNOWN.into(), |ep| ep.workload.clone()),
-        destination_namespace: ep.map_or_else(|| UNKNOWN.into(), |ep| ep.namespace.clone()),
-        destination_principal: peer_id.map_or_else(|| UNKNOWN.into(), ToString::to_string),
+        source_principal: own_id.unwrap_or_else(unknown),
+        destination_service: service.cloned().unwrap_or_else(unknown),
+        destination_workload: ep.map_or_else(unknown, |ep| ep.workload.clone()),
+        destination_namespace: ep.map_or_else(unknown, |ep| ep.namespace.clone()),
+        destination_principal: peer_id.map_or_else(unknown, |id| id.shared()),
         connection_security_policy: if peer_id.is_some() {
             SecurityPolicy::mutual_tls
         } else {
@@ -233,7 +233,7 @@ impl OutboundHttp {
         picked: &mut Option<(&'t Endpoint, Upstream)>,
     ) -> Result<Response<Body>, Error> {
         strip_knit_headers(req.headers_mut());
-        let service = target.map_or(UNKNOWN, |t| t.hostname.as_str());
+        let service = target.map_or(UNKNOWN, |t| &*t.hostname);
         let metadata = source_metadata(&self.ctx.node, service);
         if is_upgrade(&req) {
             return match self.pick(target, picked)? {
@@ -303,13 +303,17 @@ impl HttpHandler for OutboundHttp {
                 error_response(&e)
             }
         };
-        let service = target.as_deref().map_or(UNKNOWN, |t| t.hostname.as_str());
         let (ep, upstream) = match &picked {
             Some((ep, upstream)) => (Some(*ep), Some(upstream)),
             None => (None, None),
         };
         self.ctx.metrics.request(
-            source_labels(&self.ctx, service, ep, upstream),
+            source_labels(
+                &self.ctx,
+                target.as_deref().map(|t| &t.hostname),
+                ep,
+                upstream,
+            ),
             resp.status().as_u16(),
         );
         resp

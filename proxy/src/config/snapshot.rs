@@ -41,8 +41,9 @@ impl DeclaredProtocol {
 #[derive(Debug, Clone, Serialize)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    pub workload: String,
-    pub namespace: String,
+    /// Shared with the metric labels of every request to the endpoint.
+    pub workload: std::sync::Arc<str>,
+    pub namespace: std::sync::Arc<str>,
     pub service_account: String,
     /// Where the endpoint's Knit proxy takes mesh HTTP/2; `None` when the
     /// endpoint has no proxy and is reached directly.
@@ -105,7 +106,8 @@ impl std::fmt::Display for Upstream {
 pub struct ServiceTarget {
     /// `namespace/name`.
     pub service: String,
-    pub hostname: String,
+    /// Shared with the metric labels of every request to the service.
+    pub hostname: std::sync::Arc<str>,
     pub port: u16,
     pub port_name: String,
     pub protocol: DeclaredProtocol,
@@ -219,7 +221,7 @@ impl Snapshot {
                 };
                 let target = Arc::new(ServiceTarget {
                     service: key.clone(),
-                    hostname: svc.hostname.clone(),
+                    hostname: svc.hostname.as_str().into(),
                     port: number,
                     port_name: port.name.clone(),
                     protocol,
@@ -358,8 +360,8 @@ fn compile_endpoints(
         )?;
         out.push(Endpoint {
             addr: SocketAddr::new(ip.to_canonical(), target),
-            workload: ep.workload_name.clone(),
-            namespace: ep.workload_namespace.clone(),
+            workload: ep.workload_name.as_str().into(),
+            namespace: ep.workload_namespace.as_str().into(),
             service_account: ep.service_account.clone(),
             mesh_port,
             mtls,

@@ -21,6 +21,12 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes hop-by-hop headers, including those the `Connection` header
 /// names. `TE: trailers` survives: gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over their few names costs less
+    // than hashing the six for lookups. `Connection` is among them, so the
+    // headers it names are only looked for when it is there.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -143,6 +149,31 @@ mod tests {
         names.sort();
         assert_eq!(names, ["te", "x-app"]);
         assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed_and_others_are_untouched() {
+        for name in HOP_BY_HOP {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x-named"));
+            h.insert("x-named", HeaderValue::from_static("1"));
+            h.insert("x-app", HeaderValue::from_static("kept"));
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(&name), "{name}");
+            assert!(h.contains_key("x-app"), "{name}");
+            // Only `Connection` names other headers.
+            assert_eq!(
+                h.contains_key("x-named"),
+                name != header::CONNECTION,
+                "{name}"
+            );
+        }
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, HeaderValue::from_static("a"));
+        plain.insert("x-app", HeaderValue::from_static("kept"));
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain, before);
     }
 
     #[test]

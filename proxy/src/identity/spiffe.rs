@@ -103,7 +103,8 @@ impl fmt::Debug for TrustDomain {
 /// Equality, ordering and hashing are over the exact bytes of the ID.
 #[derive(Clone)]
 pub struct SpiffeId {
-    uri: String,
+    /// Shared: a clone (a pool key, a metric label) is a pointer copy.
+    uri: std::sync::Arc<str>,
     /// End of the trust domain in `uri` (it starts right after `spiffe://`).
     td_end: usize,
     /// Bounds of the namespace segment in `uri`.
@@ -142,7 +143,7 @@ impl SpiffeId {
         let seg = |(a, b): (usize, usize)| &path[a..b];
         match segments.as_slice() {
             [ns_kw, ns, sa_kw, sa] if seg(*ns_kw) == "ns" && seg(*sa_kw) == "sa" => Ok(Self {
-                uri: s.to_owned(),
+                uri: s.into(),
                 td_end: base,
                 ns: (base + ns.0, base + ns.1),
                 sa_start: base + sa.0,
@@ -184,7 +185,7 @@ impl SpiffeId {
         let sa_start = ns.1 + "/sa/".len();
         uri.push_str(service_account);
         Ok(Self {
-            uri,
+            uri: uri.into(),
             td_end,
             ns,
             sa_start,
@@ -194,6 +195,11 @@ impl SpiffeId {
     /// The whole ID, e.g. `spiffe://cluster.local/ns/default/sa/backend`.
     pub fn as_str(&self) -> &str {
         &self.uri
+    }
+
+    /// The whole ID as a shared string, e.g. for a metric label.
+    pub fn shared(&self) -> std::sync::Arc<str> {
+        self.uri.clone()
     }
 
     /// The trust domain name, e.g. `cluster.local`.

@@ -30,8 +30,8 @@ pub fn source_metadata(
 ) -> Vec<(http::HeaderName, http::HeaderValue)> {
     let mut out = Vec::with_capacity(3);
     for (name, value) in [
-        (SOURCE_WORKLOAD_HEADER, node.workload.as_str()),
-        (SOURCE_NAMESPACE_HEADER, node.namespace.as_str()),
+        (SOURCE_WORKLOAD_HEADER, &*node.workload),
+        (SOURCE_NAMESPACE_HEADER, &*node.namespace),
         (DESTINATION_SERVICE_HEADER, destination_service),
     ] {
         if let Ok(value) = http::HeaderValue::from_str(value) {

@@ -31,7 +31,7 @@ use crate::http::server::{HttpHandler, HttpLimits, serve_http2};
 use crate::http::{Body, error_response, full_body};
 use crate::identity::{SpiffeId, io_rejection_reason, peer_identity};
 use crate::listener::{ConnectionLimit, spawn_in_slot};
-use crate::metrics::{Reporter, SecurityPolicy, TrafficLabels, UNKNOWN, mesh_name};
+use crate::metrics::{Reporter, SecurityPolicy, TrafficLabels, mesh_name, unknown};
 use crate::stats::inc;
 use crate::tcp;
 
@@ -153,8 +153,8 @@ impl MeshInbound {
         let stats = &self.ctx.stats.mesh;
         let mut labels = destination_labels(&self.ctx, req.headers());
         if let (Some(peer), Some(own)) = (&self.peer_id, &self.own_id) {
-            labels.source_principal = peer.to_string();
-            labels.destination_principal = own.to_string();
+            labels.source_principal = peer.shared();
+            labels.destination_principal = own.shared();
             labels.connection_security_policy = SecurityPolicy::mutual_tls;
         }
         let is_tunnel = req.method() == Method::CONNECT;
@@ -294,11 +294,11 @@ pub fn destination_labels(ctx: &ProxyContext, headers: &http::HeaderMap) -> Traf
         reporter: Reporter::destination,
         source_workload: mesh_name(header(SOURCE_WORKLOAD_HEADER)),
         source_namespace: mesh_name(header(SOURCE_NAMESPACE_HEADER)),
-        source_principal: UNKNOWN.into(),
+        source_principal: unknown(),
         destination_service: mesh_name(header(DESTINATION_SERVICE_HEADER)),
         destination_workload: ctx.node.workload.clone(),
         destination_namespace: ctx.node.namespace.clone(),
-        destination_principal: UNKNOWN.into(),
+        destination_principal: unknown(),
         connection_security_policy: SecurityPolicy::none,
     }
 }

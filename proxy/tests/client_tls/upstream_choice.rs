@@ -205,7 +205,7 @@ fn each_mode_picks_its_upstream_per_endpoint() {
         let ep = target
             .endpoints
             .iter()
-            .find(|ep| ep.workload == workload)
+            .find(|ep| &*ep.workload == workload)
             .unwrap_or_else(|| panic!("no endpoint {workload}"));
         assert_eq!(
             describe(ctx.upstream_for(target, ep)),
