@@ -13,6 +13,7 @@ use tracing::debug;
 
 use super::Body;
 use super::headers::strip_hop_by_hop;
+use super::upstream::h1_handshake;
 use crate::error::Error;
 
 /// An HTTP/1.1 upgrade request (not `h2c`, which we decline by serving the
@@ -68,15 +69,7 @@ where
             .parse()
             .map_err(|_| Error::BadRequest(format!("invalid path {path:?}")))?;
     }
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(|source| Error::UpstreamHandshake { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            debug!(%addr, error = %e, "upgrade connection ended");
-        }
-    });
+    let mut sender = h1_handshake(addr, io).await?;
     let mut resp = sender
         .send_request(req.map(|b| b.boxed()))
         .await

@@ -173,23 +173,9 @@ impl UpstreamPool {
         }
         // Boxed: a warm pool rarely connects, and the connect and
         // handshake state would otherwise be part of every request's
-        // future (copied each time hyper or tokio moves it).
-        // Only the sender comes out: the connection's own state (buffers
-        // included) goes straight to its driver task.
-        let connected = Box::pin(async move {
-            let io = connect().await?;
-            let (sender, conn) = http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|source| Error::UpstreamHandshake { addr, source })?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
-                }
-            });
-            Ok::<_, Error>(sender)
-        })
-        .await;
+        // future (copied each time hyper or tokio moves it); the
+        // connection's own state goes straight to its driver task.
+        let connected = Box::pin(async move { h1_handshake(addr, connect().await?).await }).await;
         let mut sender = match connected {
             Ok(sender) => sender,
             Err(error) => {
@@ -333,6 +319,27 @@ impl UpstreamPool {
     async fn connect(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, Error> {
         self.connect_stream(addr).await.map(TokioIo::new)
     }
+}
+
+/// An HTTP/1.1 client connection on `io`, its driver (upgrades included)
+/// spawned; only the sender is handed back.
+pub(crate) async fn h1_handshake<IO>(
+    addr: SocketAddr,
+    io: IO,
+) -> Result<http1::SendRequest<Body>, Error>
+where
+    IO: Read + Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|source| Error::UpstreamHandshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// An HTTP/2 client connection on `io`, its driver spawned.

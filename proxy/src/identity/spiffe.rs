@@ -175,15 +175,11 @@ impl SpiffeId {
         if len > MAX_SPIFFE_ID_LEN {
             return Err(SpiffeIdError::TooLong(len));
         }
-        let mut uri = String::with_capacity(len);
-        for part in [PREFIX, td, "/ns/", namespace, "/sa/"] {
-            uri.push_str(part);
-        }
+        let uri = [PREFIX, td, "/ns/", namespace, "/sa/", service_account].concat();
         let td_end = PREFIX.len() + td.len();
         let ns_start = td_end + "/ns/".len();
         let ns = (ns_start, ns_start + namespace.len());
         let sa_start = ns.1 + "/sa/".len();
-        uri.push_str(service_account);
         Ok(Self {
             uri: uri.into(),
             td_end,
