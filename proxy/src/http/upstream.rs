@@ -343,7 +343,10 @@ where
 }
 
 /// An HTTP/2 client connection on `io`, its driver spawned.
-async fn h2_handshake<IO>(addr: SocketAddr, io: IO) -> Result<http2::SendRequest<Body>, Error>
+pub(crate) async fn h2_handshake<IO>(
+    addr: SocketAddr,
+    io: IO,
+) -> Result<http2::SendRequest<Body>, Error>
 where
     IO: Read + Write + Unpin + Send + 'static,
 {

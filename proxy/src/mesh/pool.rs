@@ -12,14 +12,13 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::error::Error;
 use crate::http::Body;
-use crate::http::upstream::connect_tcp;
+use crate::http::upstream::{connect_tcp, h2_handshake};
 use crate::identity::{SpiffeId, WorkloadIdentity, io_rejection_reason};
 
 /// The identity a peer must prove, or `None` for plaintext.
@@ -136,7 +135,7 @@ impl MeshPool {
         let tcp = connect_tcp(peer, self.connect_timeout).await?;
         self.opened.fetch_add(1, Ordering::Relaxed);
         match tls {
-            None => handshake(peer, tcp).await,
+            None => h2_handshake(peer, TokioIo::new(tcp)).await,
             Some((identity, expected)) => {
                 let config = identity
                     .client_config(expected)
@@ -154,28 +153,10 @@ impl MeshPool {
                     .map_err(|e| mesh_tls_error(peer, &e))?;
                 self.opened_tls.fetch_add(1, Ordering::Relaxed);
                 info!(%peer, expected = %expected, "mutual TLS to peer proxy established");
-                handshake(peer, stream).await
+                h2_handshake(peer, TokioIo::new(stream)).await
             }
         }
     }
-}
-
-async fn handshake<T>(peer: SocketAddr, io: T) -> Result<http2::SendRequest<Body>, Error>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30))
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(|source| Error::UpstreamHandshake { addr: peer, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(%peer, error = %e, "connection to peer proxy ended");
-        }
-    });
-    Ok(sender)
 }
 
 /// A TLS failure toward a peer, with the verifier's reason when it was one.
